@@ -1,0 +1,95 @@
+"""Command line: one absl flag per field of an experiment's Config, then a run."""
+
+import dataclasses
+import sys
+import typing
+from typing import Optional, Sequence
+
+from absl import app, flags, logging
+
+from bmjax.config import Config
+from bmjax.errors import UsageError, exit_on_usage_error
+
+
+def define_flags(config_cls: type[Config], flag_values=flags.FLAGS) -> None:
+    """Defines `--<field>` for each field of `config_cls`, with the field's default and help."""
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        kind = _unwrap_optional(hints[f.name])
+        help_text, choices = _metadata(config_cls, f.name)
+        args = dict(name=f.name, default=f.default, help=help_text, flag_values=flag_values)
+        if choices:
+            flags.DEFINE_enum(enum_values=list(choices), **args)
+        elif kind is bool:
+            flags.DEFINE_bool(**args)
+        elif kind is int:
+            flags.DEFINE_integer(**args)
+        elif kind is float:
+            flags.DEFINE_float(**args)
+        elif kind is str:
+            flags.DEFINE_string(**args)
+        elif typing.get_origin(kind) is tuple:
+            args["default"] = [str(v) for v in f.default]
+            flags.DEFINE_list(**args)
+        else:
+            raise TypeError(f"no flag type for {config_cls.__name__}.{f.name}: {kind}")
+
+
+def config_from_flags(config_cls: type[Config], flag_values=flags.FLAGS) -> Config:
+    """Reads the parsed flags into a validated config."""
+    hints = typing.get_type_hints(config_cls)
+    values = {}
+    for f in dataclasses.fields(config_cls):
+        value = flag_values[f.name].value
+        if typing.get_origin(_unwrap_optional(hints[f.name])) is tuple:
+            try:
+                value = tuple(int(v) for v in value)
+            except ValueError:
+                raise UsageError(f"--{f.name} takes comma-separated integers, got {','.join(value)!r}") from None
+        values[f.name] = value
+    return config_cls(**values).validate()
+
+
+def flagfile_text(config: Config, command: str) -> str:
+    """A flag file that reproduces `config`: `python -m <command> --flagfile=FILE`."""
+    lines = [f"# python -m {command} --flagfile=<this file>"]
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(str(v) for v in value)
+        lines.append(f"--{f.name}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def main(config_cls: type[Config], argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of `python -m experiments.NAME`: flags -> config -> bmjax.train.run."""
+    define_flags(config_cls)
+    command = sys.modules["__main__"].__spec__.name if sys.modules["__main__"].__spec__ else sys.argv[0]
+
+    @exit_on_usage_error
+    def run(argv):
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # libraries' INFO chatter; -v 0 brings it back
+        if len(argv) > 1:
+            raise UsageError(f"unexpected arguments {' '.join(argv[1:])}; every setting is a --flag "
+                             "(see --helpfull)")
+        from bmjax.train.loop import run as run_training  # imports JAX only after the flags parse
+        run_training(config_from_flags(config_cls), command=command)
+
+    app.run(run, argv=argv)
+
+
+def _unwrap_optional(kind):
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if typing.get_origin(kind) is typing.Union and len(args) == 1 else kind
+
+
+def _metadata(config_cls: type[Config], name: str) -> tuple[str, Optional[tuple]]:
+    """Help and choices of a field, from the nearest class in the MRO that gave them."""
+    for cls in config_cls.__mro__:
+        f = getattr(cls, "__dataclass_fields__", {}).get(name)
+        if f is not None and "help" in f.metadata:
+            return f.metadata["help"], f.metadata["choices"]
+    return name.replace("_", " "), None

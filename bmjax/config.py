@@ -1,0 +1,127 @@
+"""The hyperparameters of a run: one frozen dataclass, one absl flag per field.
+
+An experiment subclasses `Config` to change defaults and add its own fields;
+`bmjax.cli` turns every field into a flag. Help text and allowed values live in
+the field's metadata, defined once here for the fields every experiment shares.
+"""
+
+import dataclasses
+from typing import Any, Optional
+
+from bmjax.errors import UsageError
+from bmjax.models.mlp import ACTIVATIONS
+
+
+def field(default: Any, help: str, choices: Optional[tuple[str, ...]] = None):
+    """A config field with its flag's help text (and allowed values, for enums)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+STRATEGIES = ("auto", "single", "pmap", "mesh")
+TASKS = ("auto", "classification", "binary", "regression")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run needs; no step asks the flags again."""
+
+    # Where and what.
+    workdir: Optional[str] = field(None, "Directory for checkpoints, logs, metrics and results (required).")
+    dataset: str = field("mnist", "A bmjax dataset (digits, iris, wine, breast_cancer, diabetes, mnist1d, "
+                                  "synthetic) or any TFDS dataset name.")
+    data_dir: Optional[str] = field(None, "TFDS data directory (default: TFDS's own, ~/tensorflow_datasets).")
+    manual_dir: Optional[str] = field(None, "Folder of raw dataset files to prepare a TFDS dataset offline.")
+    validation_split: Optional[float] = field(None, "Fraction of the training split held out for validation, "
+                                                    "in (0, 1); unset for none.")
+    normalize: str = field("none", "Feature scaling fitted on the training split (images are scaled to [0, 1] "
+                                   "regardless).", ("none", "minmax", "standardize"))
+    synthetic_examples: int = field(1000, "Examples in the `synthetic` dataset.")
+    synthetic_features: int = field(10, "Features of the `synthetic` dataset.")
+    synthetic_classes: int = field(2, "Classes of the `synthetic` dataset.")
+    data_placement: str = field("auto", "Keep the dataset in device memory and run many steps per call "
+                                        "(device), read batches from the host (host), or device when it fits "
+                                        "and there is one process (auto).", ("auto", "device", "host"))
+
+    # Model and task.
+    model: str = field("mlp", "Model name in bmjax.models.")
+    task: str = field("auto", "Loss and metrics; auto takes classification or regression from the dataset.",
+                      TASKS)
+    hidden_sizes: tuple[int, ...] = field((128,), "Widths of the hidden dense layers.")
+    activation: str = field("relu", "Hidden activation of the MLP.", tuple(ACTIVATIONS))
+    dropout: float = field(0.0, "Dropout rate.")
+    conv_features: tuple[int, ...] = field((32, 64), "Filters of each conv/max-pool stage of the CNN.")
+    kernel_size: int = field(3, "Convolution kernel size.")
+    conv_padding: str = field("VALID", "Convolution padding.", ("VALID", "SAME"))
+
+    # Optimisation.
+    epochs: int = field(10, "Passes over the training split.")
+    train_steps: Optional[int] = field(None, "Total optimizer steps; overrides --epochs.")
+    batch_size: int = field(64, "Global batch size, split over all devices.")
+    eval_batch_size: int = field(1024, "Global batch size for evaluation.")
+    learning_rate: float = field(1e-3, "Peak learning rate.")
+    optimizer: str = field("adam", "Optimizer.", OPTIMIZERS)
+    momentum: float = field(0.9, "Momentum of sgd.")
+    nesterov: bool = field(False, "Nesterov momentum for sgd.")
+    lr_schedule: str = field("constant", "Learning-rate schedule.", SCHEDULES)
+    warmup_steps: int = field(0, "Linear warm-up steps of warmup_cosine.")
+    lr_decay_steps: int = field(1000, "Steps between decays of the step schedule.")
+    lr_decay_factor: float = field(0.1, "Factor of each decay of the step schedule.")
+    weight_decay: float = field(0.0, "Decoupled weight decay of the weight matrices (adamw's; added to the "
+                                     "update for sgd and adam).")
+    clip_grad_norm: Optional[float] = field(None, "Clip gradients to this global norm.")
+    l1: float = field(0.0, "L1 regularisation of the weight matrices, added to the loss.")
+    l2: float = field(0.0, "L2 regularisation of the weight matrices, added to the loss.")
+    seed: int = field(0, "Seed of initialisation, dropout and data order.")
+
+    # Devices and hosts.
+    parallel: str = field("auto", "single: jit on one device; pmap: replicated over local devices; mesh: jit "
+                                  "on a device mesh; auto: mesh over all devices.", STRATEGIES)
+    host_devices: Optional[int] = field(None, "Simulate this many CPU devices (before JAX starts).")
+    coordinator_address: Optional[str] = field(None, "host:port of process 0, for multi-host runs.")
+    num_processes: Optional[int] = field(None, "Number of processes in a multi-host run.")
+    process_id: Optional[int] = field(None, "This process's index in a multi-host run.")
+    distributed: bool = field(False, "Call jax.distributed.initialize() with its own detection (TPU pods, "
+                                     "SLURM).")
+
+    # Cadence and outputs.
+    log_every_steps: int = field(100, "Steps between training-metric logs.")
+    eval_every_steps: Optional[int] = field(None, "Steps between validation evaluations (default: each epoch).")
+    checkpoint_every_steps: Optional[int] = field(None, "Steps between checkpoints (default: each epoch).")
+    keep_checkpoints: int = field(3, "Newest checkpoints to keep.")
+    restore_from: Optional[str] = field(None, "Workdir of another run whose parameters start this one "
+                                              "(fine-tuning).")
+
+    def validate(self) -> "Config":
+        """Raises UsageError for values no run can use."""
+        if not self.workdir:
+            raise UsageError("--workdir is required: pass --workdir=DIR, a directory for this run's outputs")
+        positive = ["epochs", "batch_size", "eval_batch_size", "learning_rate", "log_every_steps",
+                    "keep_checkpoints", "synthetic_examples", "synthetic_features", "kernel_size"]
+        positive_if_set = ["train_steps", "eval_every_steps", "checkpoint_every_steps", "clip_grad_norm",
+                           "host_devices", "num_processes"]
+        for name in positive + [n for n in positive_if_set if getattr(self, n) is not None]:
+            value = getattr(self, name)
+            if not value > 0:
+                raise UsageError(f"--{name} must be positive, got {value}")
+        if self.validation_split is not None and not 0 < self.validation_split < 1:
+            raise UsageError(f"--validation_split must lie in (0, 1), got {self.validation_split}; "
+                             "leave it unset for no validation split")
+        if not 0 <= self.dropout < 1:
+            raise UsageError(f"--dropout must lie in [0, 1), got {self.dropout}")
+        for name in ("weight_decay", "l1", "l2", "warmup_steps", "momentum"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if self.synthetic_classes < 2:
+            raise UsageError(f"--synthetic_classes must be at least 2, got {self.synthetic_classes}")
+        if any(w <= 0 for w in self.hidden_sizes + self.conv_features):
+            raise UsageError("--hidden_sizes and --conv_features must be positive integers")
+        multihost = (self.coordinator_address, self.num_processes, self.process_id)
+        if any(v is not None for v in multihost) and any(v is None for v in multihost):
+            raise UsageError("a multi-host run needs all of --coordinator_address, --num_processes and "
+                             "--process_id")
+        return self
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,33 @@
+"""The seed convolutional network: conv/ReLU/max-pool stacks, then a dense classifier."""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class SeedCNN(nn.Module):
+    """Conv k x k ReLU -> max-pool 2 per entry of `conv_features`, then optional hidden Dense layers."""
+
+    num_outputs: int
+    conv_features: Sequence[int] = (32, 64)
+    hidden_sizes: Sequence[int] = ()
+    kernel_size: int = 3
+    conv_padding: str = "VALID"
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        if x.ndim == 3:  # [batch, height, width] -> add a channel axis
+            x = x[..., None]
+        for features in self.conv_features:
+            x = nn.Conv(features, (self.kernel_size,) * 2, padding=self.conv_padding,
+                        dtype=self.dtype, param_dtype=self.param_dtype)(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden_sizes:
+            x = nn.relu(nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(x))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype)(x)

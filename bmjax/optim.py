@@ -1,0 +1,46 @@
+"""Optimizers and learning-rate schedules from a config, through optax."""
+
+import jax
+import optax
+
+from bmjax.config import Config
+
+
+def schedule(config: Config, total_steps: int) -> optax.Schedule:
+    """The learning rate at each step."""
+    lr = config.learning_rate
+    if config.lr_schedule == "constant":
+        return optax.constant_schedule(lr)
+    if config.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, decay_steps=total_steps)
+    if config.lr_schedule == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=config.warmup_steps,
+                                                  decay_steps=max(total_steps, config.warmup_steps + 1))
+    if config.lr_schedule == "step":
+        return optax.exponential_decay(lr, transition_steps=config.lr_decay_steps,
+                                       decay_rate=config.lr_decay_factor, staircase=True)
+    raise ValueError(f"unknown schedule {config.lr_schedule!r}")
+
+
+def weight_matrices(params):
+    """Mask of the leaves that weight decay and L1/L2 act on: kernels, not biases or norm scales."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def create(config: Config, total_steps: int) -> optax.GradientTransformation:
+    """Clipping, the optimizer, and weight decay, chained as the config says."""
+    lr = schedule(config, total_steps)
+    decay = config.weight_decay
+    if config.optimizer == "adamw":
+        optimizer = optax.adamw(lr, weight_decay=decay, mask=weight_matrices)
+    elif config.optimizer == "adam":
+        optimizer = optax.chain(optax.add_decayed_weights(decay, weight_matrices), optax.adam(lr)) \
+            if decay else optax.adam(lr)
+    elif config.optimizer == "sgd":
+        sgd = optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
+        optimizer = optax.chain(optax.add_decayed_weights(decay, weight_matrices), sgd) if decay else sgd
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    if config.clip_grad_norm:
+        optimizer = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), optimizer)
+    return optimizer

@@ -1,0 +1,37 @@
+"""The train state: everything a step reads and writes, saved by orbax as it is."""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: Any  # non-trained collections, e.g. {"batch_stats": ...}; {} when there are none
+    rng: jax.Array  # raw uint32 key; each step folds in its step number
+    apply_fn: Callable = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    def apply_gradients(self, grads, model_state) -> "TrainState":
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                            opt_state=opt_state, model_state=model_state)
+
+
+def create(model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Array, seed: int) -> TrainState:
+    """Initialises parameters from `seed` on an example input batch."""
+    init_rng, dropout_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+    variables = model.init({"params": init_rng, "dropout": dropout_rng}, example_x, train=False)
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      model_state=dict(variables), rng=state_rng, apply_fn=model.apply, tx=tx)
+
+
+def parameter_count(params) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,27 @@
+"""Seed CNN on MNIST: Conv 32 3x3 ReLU -> max-pool 2 -> Conv 64 3x3 ReLU -> max-pool 2 -> Dense 10, Adam, 5 epochs.
+
+    python -m experiments.mnist_cnn --workdir=runs/mnist_cnn
+"""
+
+import dataclasses
+
+from bmjax import cli
+from bmjax.config import Config
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistCnn(Config):
+    dataset: str = "mnist"
+    model: str = "cnn"
+    conv_features: tuple[int, ...] = (32, 64)
+    kernel_size: int = 3
+    hidden_sizes: tuple[int, ...] = ()
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 5
+    validation_split: float = 0.1
+
+
+if __name__ == "__main__":
+    cli.main(MnistCnn)

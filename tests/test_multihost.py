@@ -1,0 +1,46 @@
+"""Two processes on 127.0.0.1 with two simulated devices each train like one process with four."""
+
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, read_metrics, read_result, run_module, subprocess_env
+
+ARGS = ["--dataset=digits", "--train_steps=20", "--batch_size=64", "--log_every_steps=2", "--hidden_sizes=32",
+        "--validation_split=0.1", "--eval_every_steps=10"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("parallel", ["mesh", "pmap"])
+def test_two_processes_match_one(tmp_path, parallel):
+    single = tmp_path / "single"
+    out = run_module("experiments.mnist_mlp", f"--workdir={single}", "--host_devices=4", f"--parallel={parallel}",
+                     "--data_placement=host", *ARGS)
+    assert out.returncode == 0, out.stderr
+
+    multi = tmp_path / "multi"
+    address = f"127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={multi}", "--host_devices=2",
+         f"--parallel={parallel}", f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}",
+         *ARGS], cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for p, (_, err) in zip(processes, outputs):
+        assert p.returncode == 0, err
+
+    result = read_result(multi)
+    assert result["processes"] == 2 and result["devices"] == 4
+    expected = [r["loss"] for r in read_metrics(single)]
+    got = [r["loss"] for r in read_metrics(multi)]
+    assert len(got) == len(expected) == 10, "logs are written once"
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    np.testing.assert_allclose(result["test"]["loss"], read_result(single)["test"]["loss"], rtol=1e-5)
+    assert "classification report" in outputs[0][0] and "classification report" not in outputs[1][0]
