@@ -43,6 +43,8 @@ class Config:
     data_placement: str = field("auto", "Keep the dataset in device memory and run many steps per call "
                                         "(device), read batches from the host (host), or device when it fits "
                                         "and there is one process (auto).", ("auto", "device", "host"))
+    steps_per_call: int = field(0, "Steps per compiled call when the data is on the devices (0: all the steps "
+                                   "up to the next log, evaluation or checkpoint, in one lax.scan).")
 
     # Model and task.
     model: str = field("mlp", "Model name in bmjax.models.")
@@ -110,7 +112,7 @@ class Config:
                              "leave it unset for no validation split")
         if not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout must lie in [0, 1), got {self.dropout}")
-        for name in ("weight_decay", "l1", "l2", "warmup_steps", "momentum"):
+        for name in ("weight_decay", "l1", "l2", "warmup_steps", "momentum", "steps_per_call"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name} must not be negative, got {getattr(self, name)}")
         if self.synthetic_classes < 2:

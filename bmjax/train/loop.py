@@ -96,14 +96,15 @@ def run(config: Config, command: str = "bmjax") -> dict:
             tick = time.time()
             state, sums = feed.train(state, indices)
             seconds = time.time() - tick
-            train_seconds += seconds
-            epoch_seconds[epoch] = epoch_seconds.get(epoch, 0.0) + seconds
             _check_finite(sums["loss"], step, checkpoints, workdir)
             step = end
             log.write(step, "train", task.summarize(_total(sums)), steps_per_second=(len(indices) / seconds),
                       learning_rate=float(optim.schedule(config, total_steps)(step)))
             if step % eval_every == 0 and step < total_steps and dataset.validation is not None:
                 log.write(step, "validation", task.summarize(feed.evaluate(state, "validation")))
+            seconds = time.time() - tick  # an epoch's time includes its validation, as Keras counts it
+            train_seconds += seconds
+            epoch_seconds[epoch] = epoch_seconds.get(epoch, 0.0) + seconds
             if step % checkpoint_every == 0 or step == total_steps:
                 checkpoints.save(step, strategy.canonical(state))
 
@@ -137,8 +138,9 @@ class _DeviceFeed:
     Both feeds' `train` returns the new state and per-step metric sums on the host; `evaluate`, a split's sums.
     """
 
-    def __init__(self, dataset, train_step, eval_step, strategy, eval_batch_size):
+    def __init__(self, dataset, train_step, eval_step, strategy, eval_batch_size, steps_per_call):
         self.dataset, self.strategy, self.eval_batch_size = dataset, strategy, eval_batch_size
+        self.steps_per_call = steps_per_call
         self.arrays = {}
         self.train_fn = strategy.compile(step_lib.scan_train(train_step, strategy.constrain_batch))
         self.eval_fn = strategy.compile(step_lib.scan_eval(eval_step, strategy.constrain_batch), donate_state=False)
@@ -150,8 +152,13 @@ class _DeviceFeed:
         return self.arrays[split]
 
     def train(self, state, indices):
-        state, sums = self.train_fn(state, self._on_device("train"), self.strategy.shard(indices, axis=1))
-        return state, self.strategy.fetch(sums)
+        chunk = self.steps_per_call or len(indices)
+        all_sums = []
+        for start in range(0, len(indices), chunk):
+            state, sums = self.train_fn(state, self._on_device("train"),
+                                        self.strategy.shard(indices[start:start + chunk], axis=1))
+            all_sums.append(sums)
+        return state, jax.tree.map(lambda *s: np.concatenate([self.strategy.fetch(x) for x in s]), *all_sums)
 
     def evaluate(self, state, split):
         indices, mask = pipeline.eval_indices(len(getattr(self.dataset, split)), self.eval_batch_size)
@@ -219,8 +226,9 @@ def _make_feed(config, dataset, task, strategy):
         size = sum(s.x.nbytes + s.y.nbytes for s in (dataset.train, dataset.validation, dataset.test)
                    if s is not None) if in_memory else math.inf
         placement = "device" if jax.process_count() == 1 and size <= DEVICE_DATA_LIMIT_BYTES else "host"
-    feed_cls = _DeviceFeed if placement == "device" else _HostFeed
-    return feed_cls(dataset, train_step, eval_step, strategy, eval_batch_size)
+    if placement == "device":
+        return _DeviceFeed(dataset, train_step, eval_step, strategy, eval_batch_size, config.steps_per_call)
+    return _HostFeed(dataset, train_step, eval_step, strategy, eval_batch_size)
 
 
 def _total(sums):

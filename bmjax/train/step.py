@@ -68,7 +68,13 @@ def scan_train(train_step: Callable, constrain_batch: Callable = lambda b: b) ->
     """`(state, data, indices[k, b]) -> (state, sums stacked over k)`: k steps in one compiled call."""
 
     def train_steps(state, data, indices):
-        return lax.scan(lambda s, idx: train_step(s, constrain_batch(take(data, idx))), state, indices)
+        def body(state, idx):
+            return train_step(state, constrain_batch(take(data, idx)))
+
+        if indices.shape[0] == 1:  # no loop at all: XLA:CPU runs convolutions in loops slowly (jax#12868)
+            state, sums = body(state, indices[0])
+            return state, jax.tree.map(lambda x: x[None], sums)
+        return lax.scan(body, state, indices)
 
     return train_steps
 
