@@ -12,9 +12,10 @@ STEPS = 20
 
 
 def losses(tmp_path, parallel, placement, **overrides):
-    config = Config(workdir=str(tmp_path / f"{parallel}_{placement}"), dataset="digits", model="mlp",
-                    hidden_sizes=(32,), batch_size=64, train_steps=STEPS, log_every_steps=1,
-                    parallel=parallel, data_placement=placement, learning_rate=3e-3, **overrides)
+    settings = dict(dataset="digits", model="mlp", hidden_sizes=(32,), batch_size=64, train_steps=STEPS,
+                    log_every_steps=1, learning_rate=3e-3)
+    config = Config(workdir=str(tmp_path / f"{parallel}_{placement}"), parallel=parallel,
+                    data_placement=placement, **{**settings, **overrides})
     result = run(config)
     return np.array([r["loss"] for r in read_metrics(config.workdir)]), result
 

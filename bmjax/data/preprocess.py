@@ -1,0 +1,39 @@
+"""Preprocessing: feature scaling fitted on the training split only, one-hot labels, images to floats."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from bmjax.errors import UsageError
+
+NORMALIZATIONS = ("none", "minmax", "standardize")
+
+
+def fit_normalizer(train_x: np.ndarray, method: str):
+    """(shift, scale) from the training features, so that (x - shift) / scale is normalised."""
+    if method not in NORMALIZATIONS:
+        raise UsageError(f"unknown normalization {method!r}; choose one of: {', '.join(NORMALIZATIONS)}")
+    x = train_x.astype(np.float64)
+    if method == "standardize":
+        shift, scale = x.mean(axis=0), x.std(axis=0)
+    elif method == "minmax":
+        shift, scale = x.min(axis=0), x.max(axis=0) - x.min(axis=0)
+    else:
+        shift, scale = np.zeros(x.shape[1:]), np.ones(x.shape[1:])
+    scale = np.where(scale > 0, scale, 1.0)  # constant features stay finite
+    return shift.astype(np.float32), scale.astype(np.float32)
+
+
+def apply_normalizer(x: np.ndarray, normalizer) -> np.ndarray:
+    shift, scale = normalizer
+    return ((x - shift) / scale).astype(np.float32)
+
+
+def one_hot(labels, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
+
+
+def to_float(x):
+    """Model inputs as floats: uint8 images scaled to [0, 1], float features unchanged (jittable)."""
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.float32) / 255.0
+    return x

@@ -1,0 +1,60 @@
+"""The dataset types: random-access splits and what a model needs to know about them."""
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    task: str  # "classification" or "regression"
+    feature_shape: tuple[int, ...]
+    num_classes: Optional[int]  # None for regression
+    class_names: Optional[tuple[str, ...]]
+
+
+class Source:
+    """One split with random access: `source[indices] -> {'x': [n, ...], 'y': [n]}`."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, indices: np.ndarray) -> dict:
+        raise NotImplementedError
+
+
+class ArraySource(Source):
+    """A split held in memory as numpy arrays."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        assert len(x) == len(y)
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, indices):
+        return {"x": self.x[indices], "y": self.y[indices]}
+
+
+class SubsetSource(Source):
+    """Rows `rows` of another source, without copying."""
+
+    def __init__(self, source: Source, rows: np.ndarray):
+        self.source, self.rows = source, np.asarray(rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, indices):
+        return self.source[self.rows[indices]]
+
+
+@dataclasses.dataclass
+class Dataset:
+    info: DatasetInfo
+    train: Source
+    validation: Optional[Source]
+    test: Source
