@@ -67,13 +67,12 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def plot_curves(workdir: str, out: Optional[str] = None) -> str:
     """curves.png: training and validation loss and accuracy (or R²) against steps."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) stays as it is
 
     records = read_metrics(workdir)
     metric = "accuracy" if any("accuracy" in r for r in records) else "r2"
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, name in zip(axes, ("loss", metric)):
         for split, style in (("train", "-"), ("validation", "o-")):
             points = [(r["step"], r[name]) for r in records if r["split"] == split and name in r]
@@ -86,7 +85,6 @@ def plot_curves(workdir: str, out: Optional[str] = None) -> str:
     fig.tight_layout()
     out = out or os.path.join(workdir, "curves.png")
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 
