@@ -20,6 +20,7 @@ NETWORK_TIMEOUT_SECONDS = 3.0
 
 
 def builder(name: str, data_dir: Optional[str]):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, where TFDS loads it
     import tensorflow_datasets as tfds
 
     try:
@@ -67,8 +68,9 @@ def prepare(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[s
         dataset_builder.download_and_prepare(download_config=config)
     except Exception as e:  # TFDS raises many types; the checksum one names the bad file
         if type(e).__name__ == "NonMatchingChecksumError" or "checksum" in str(e).lower():
-            raise UsageError(f"a raw {name} file does not match TFDS's registered checksum ({_first_line(e)}); "
-                             "download that file again") from None
+            bad = [f for f in files if f in str(e)] or ["a raw file"]
+            raise UsageError(f"{bad[0]} in --manual_dir={manual_dir} does not match the checksum TFDS registers "
+                             f"for {name}; download that file again") from None
         raise UsageError(f"preparing {name} failed: {_first_line(e)}") from None
     return dataset_builder
 
@@ -80,7 +82,7 @@ def load(name: str, *, data_dir: Optional[str], manual_dir: Optional[str], in_me
     if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
         raise UsageError(f"TFDS dataset {name} has no (input, label) supervised keys; bmjax's supervised runner "
                          "needs a dataset that does")
-    splits = dataset_builder.info.splits
+    splits = set(dataset_builder.info.splits) or {"train", "test"}  # empty under tfds.testing.mock_data
     train_split = "train"
     test_split = "test" if "test" in splits else ("validation" if "validation" in splits else None)
     if train_split not in splits or test_split is None:
@@ -115,8 +117,12 @@ class TfdsSource(Source):
         return self.length
 
     def __getitem__(self, indices):
+        keys = [int(i) for i in np.asarray(indices).ravel()]
         try:
-            records = self.source.__getitems__([int(i) for i in np.asarray(indices).ravel()])
+            try:
+                records = self.source.__getitems__(keys)  # one batched read
+            except TypeError:  # tfds.testing.mock_data's sources read one key at a time
+                records = [self.source[k] for k in keys]
         except Exception as e:
             raise _corrupt(self.directory, e) from None
         x = np.stack([r[self.x_key] for r in records])
