@@ -41,10 +41,11 @@ def classification_summary(confusion) -> dict:
     """Accuracy, per-class precision/recall/F1/support and their macro and support-weighted averages."""
     confusion = np.asarray(confusion, np.float64)
     true_positives = np.diag(confusion)
-    support = confusion.sum(axis=1)
-    precision = _divide(true_positives, confusion.sum(axis=0))
+    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    precision = _divide(true_positives, predicted)
     recall = _divide(true_positives, support)
-    f1 = _divide(2 * precision * recall, precision + recall)
+    # F1 from counts as scikit-learn computes it: 2PR/(P+R) rounds differently (0.12500000000000003 vs 0.125)
+    f1 = _divide(2 * true_positives, support + predicted)
     total = support.sum()
     summary = {"accuracy": float(true_positives.sum() / total) if total else 0.0,
                "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
@@ -58,16 +59,23 @@ def classification_summary(confusion) -> dict:
 def regression_summary(sums) -> dict:
     """MSE, MAE and R² (1 - SSE/SST, SST = Σy² - (Σy)²/n) from `regression_sums` totals."""
     n = float(sums["count"])
+    if n == 0:
+        return {"mse": float("nan"), "mae": float("nan"), "r2": float("nan")}
     total_variation = float(sums["sum_target_sq"]) - float(sums["sum_target"]) ** 2 / n
     sse = float(sums["sum_squared_error"])
-    return {"mse": sse / n, "mae": float(sums["sum_abs_error"]) / n,
-            "r2": 1.0 - sse / total_variation if total_variation > 0 else 0.0}
+    if total_variation > 0:
+        r2 = 1.0 - sse / total_variation
+    else:  # constant targets: 1 for a perfect fit, else 0, as scikit-learn's r2_score
+        r2 = 1.0 if sse == 0 else 0.0
+    return {"mse": sse / n, "mae": float(sums["sum_abs_error"]) / n, "r2": r2}
 
 
 def classification_report(confusion, target_names: Optional[Sequence[str]] = None, digits: int = 2) -> str:
     """The text of `sklearn.metrics.classification_report`, character for character."""
     summary = classification_summary(confusion)
-    names = [str(n) for n in target_names] if target_names else [str(i) for i in range(len(summary["support"]))]
+    if target_names is None:
+        target_names = range(len(summary["support"]))  # labels 0..C-1, as scikit-learn names them
+    names = [str(n) for n in target_names]
     headers = ["precision", "recall", "f1-score", "support"]
     averages = ["macro avg", "weighted avg"]
     width = max(max(len(n) for n in names), len(averages[-1]), digits)

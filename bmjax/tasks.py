@@ -78,8 +78,9 @@ class Regression:
         return losses.squared_error(outputs, (targets - self.target_mean) / self.target_std)
 
     def metric_sums(self, outputs, targets, per_example_loss, weights):
-        predictions = outputs * self.target_std + self.target_mean
-        sums = metrics.regression_sums(predictions, targets, weights)
+        # Centred on the training mean, so that float32 sums of squares keep R²'s precision.
+        centred_predictions = outputs * self.target_std
+        sums = metrics.regression_sums(centred_predictions, targets - self.target_mean, weights)
         return {"loss": jnp.sum(per_example_loss * weights), "examples": jnp.sum(weights), **sums}
 
     def summarize(self, sums, detailed: bool = False) -> dict:

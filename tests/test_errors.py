@@ -100,3 +100,13 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert_usage_error(out, "the loss became", "last good checkpoint, step 20", "--learning_rate")
     assert int(re.search(r"at step (\d+);", out.stderr).group(1)) > 20
     assert max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == 20
+
+
+def test_damaged_checkpoint_is_named(tmp_path):
+    workdir = tmp_path / "run"
+    assert run_module(MLP, f"--workdir={workdir}", "--dataset=digits", "--train_steps=10").returncode == 0
+    for f in (workdir / "checkpoints" / "10" / "default").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    out = run_module(MLP, f"--workdir={workdir}", "--dataset=digits", "--train_steps=20")
+    assert_usage_error(out, "checkpoint 10 in", "cannot be read", "away to resume from the one before")

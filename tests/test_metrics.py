@@ -52,6 +52,25 @@ def test_regression_summary_matches_sklearn():
     assert summary["r2"] == pytest.approx(sk.r2_score(targets, predictions), rel=1e-4)
 
 
+def test_regression_sums_count_elements_and_skip_padding():
+    predictions, targets = rng.normal(size=(30, 3)), rng.normal(size=(30, 3))
+    mask = np.arange(30) < 20
+    sums = metrics.regression_sums(jnp.asarray(predictions), jnp.asarray(targets), jnp.asarray(mask))
+    assert float(sums["count"]) == 60
+    summary = metrics.regression_summary(sums)
+    assert summary["mse"] == pytest.approx(sk.mean_squared_error(targets[:20], predictions[:20]), rel=1e-5)
+    assert summary["mae"] == pytest.approx(sk.mean_absolute_error(targets[:20], predictions[:20]), rel=1e-5)
+    flat_r2 = sk.r2_score(targets[:20].ravel(), predictions[:20].ravel())
+    assert summary["r2"] == pytest.approx(flat_r2, rel=1e-4)
+
+
+def test_r2_of_constant_targets_follows_sklearn():
+    targets = np.full(8, 2.0)
+    for predictions in (targets, targets + 1):
+        summary = metrics.regression_summary(metrics.regression_sums(jnp.asarray(predictions), jnp.asarray(targets)))
+        assert summary["r2"] == sk.r2_score(targets, predictions)
+
+
 @pytest.mark.parametrize("num_classes, names, digits, missing", [
     (3, None, 2, None),
     (10, [f"class_{i}" for i in range(10)], 2, None),
@@ -67,3 +86,16 @@ def test_report_is_sklearns_text(num_classes, names, digits, missing):
     expected = sk.classification_report(labels, predictions, labels=range(num_classes), target_names=names,
                                         digits=digits, zero_division=0)
     assert metrics.classification_report(confusion, names, digits) == expected
+
+
+def test_report_rounds_f1_as_sklearn_does():
+    # tp=1, support 5, predicted 11: 2PR/(P+R) is 0.12500000000000003 ("0.13") where sklearn has 0.125 ("0.12")
+    labels = np.array([0] * 5 + [1] * 20)
+    predictions = np.array([0] + [1] * 4 + [0] * 10 + [1] * 10)
+    confusion = sk.confusion_matrix(labels, predictions)
+    summary = metrics.classification_summary(confusion)
+    assert summary["f1"][0] == sk.f1_score(labels, predictions, average=None)[0] == 0.125
+    assert metrics.classification_report(confusion) == sk.classification_report(labels, predictions)
+    names = np.array(["benign", "malignant"])
+    assert metrics.classification_report(confusion, names, 4) == \
+        sk.classification_report(labels, predictions, target_names=names, digits=4)

@@ -59,6 +59,16 @@ def test_real_offline_preparation_of_mnist(prepared_mnist):
         data.load("mnist", data_dir=str(prepared_mnist), normalize="standardize")
 
 
+@needs_mnist
+def test_damaged_prepared_data_is_named(prepared_mnist, tmp_path):
+    copy = tmp_path / "tfds"
+    shutil.copytree(prepared_mnist, copy)
+    records = next((copy / "mnist").glob("*/mnist-train.array_record*"))
+    records.write_bytes(records.read_bytes()[: records.stat().st_size // 2])
+    with pytest.raises(UsageError, match="the prepared data in .*mnist.* cannot be read.*delete that folder"):
+        data.load("mnist", data_dir=str(copy))
+
+
 def test_not_prepared_and_offline_fails_fast(tmp_path):
     start = time.time()
     out = run_module("bmjax.data", "prepare", "mnist", f"--data_dir={tmp_path}", timeout=60)

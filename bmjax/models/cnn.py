@@ -5,6 +5,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bmjax.models.mlp import KERNEL_INIT
+
 
 class SeedCNN(nn.Module):
     """Conv k x k ReLU -> max-pool 2 per entry of `conv_features`, then optional hidden Dense layers."""
@@ -23,11 +25,11 @@ class SeedCNN(nn.Module):
         if x.ndim == 3:  # [batch, height, width] -> add a channel axis
             x = x[..., None]
         for features in self.conv_features:
-            x = nn.Conv(features, (self.kernel_size,) * 2, padding=self.conv_padding,
+            x = nn.Conv(features, (self.kernel_size,) * 2, padding=self.conv_padding, kernel_init=KERNEL_INIT,
                         dtype=self.dtype, param_dtype=self.param_dtype)(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden_sizes:
-            x = nn.relu(nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(x))
+            x = nn.relu(nn.Dense(width, kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype)(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return nn.Dense(self.num_outputs, kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype)(x)

@@ -28,11 +28,21 @@ class Checkpointer:
     def restore(self, state, step: Optional[int] = None):
         """The checkpoint at `step` (default: newest) restored into the structure, shapes and shardings of `state`."""
         step = self.latest_step() if step is None else step
-        check_compatible(self.manager.item_metadata(step), _savable(state), f"{self.directory} (step {step})",
-                         "this run's model and optimizer")
+        try:
+            saved = self.manager.item_metadata(step)
+        except Exception as e:
+            raise self._unreadable(step, e) from None
+        check_compatible(saved, _savable(state), f"{self.directory} (step {step})", "this run's model and optimizer")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(state))
-        restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # orbax and tensorstore raise many types for damaged files
+            raise self._unreadable(step, e) from None
         return state.replace(**restored)
+
+    def _unreadable(self, step: int, error: Exception) -> UsageError:
+        return UsageError(f"checkpoint {step} in {self.directory} cannot be read ({_first_line(error)}); move "
+                          f"{os.path.join(self.directory, str(step))} away to resume from the one before")
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -93,3 +103,8 @@ def _shapes(tree) -> dict:
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
     return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape) for path, leaf in leaves
             if hasattr(leaf, "shape")}
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__

@@ -115,7 +115,7 @@ def run(config: Config, command: str = "bmjax") -> dict:
         for split in ("validation", "test"):
             if getattr(dataset, split) is not None:
                 result[split] = task.summarize(feed.evaluate(state, split), detailed=True)
-                log.write(total_steps, split, result[split])
+                log.write(total_steps, split, result[split], echo=False)  # printed with the report below
         result.update(seconds=time.time() - began, train_seconds=train_seconds,
                       epoch_seconds=[epoch_seconds[e] for e in sorted(epoch_seconds)],
                       steps_per_second=(total_steps - start_step) / max(train_seconds, 1e-9),
@@ -283,7 +283,7 @@ def _print_result(result: dict) -> None:
     for split in ("validation", "test"):
         if split in result:
             summary = result[split]
-            numbers = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float))
+            numbers = ", ".join(f"{k}={summary[k]:.4f}" for k in runlog.SHOWN if k in summary)
             print(f"{split}: {numbers}")
     if "classification_report" in result.get("test", {}):
         print("\nclassification report (test):\n" + result["test"]["classification_report"])

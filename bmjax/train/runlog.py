@@ -7,6 +7,7 @@ import time
 from typing import Optional
 
 METRICS_FILE = "metrics.jsonl"
+SHOWN = ("loss", "accuracy", "macro_f1", "mse", "mae", "r2", "steps_per_second")  # on the console
 
 
 class RunLog:
@@ -29,7 +30,7 @@ class RunLog:
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         self.total_steps = total_steps
 
-    def write(self, step: int, split: str, values: dict, **extra) -> None:
+    def write(self, step: int, split: str, values: dict, echo: bool = True, **extra) -> None:
         if not self.enabled:
             return
         scalars = {k: v for k, v in values.items() if isinstance(v, (int, float))}
@@ -38,7 +39,9 @@ class RunLog:
         self.file.flush()
         for name, value in {**scalars, **extra}.items():
             self.writer.add_scalar(f"{split}/{name}", value, step)
-        text = " ".join(f"{k}={v:.4g}" for k, v in {**scalars, **extra}.items())
+        if not echo:
+            return
+        text = " ".join(f"{k}={v:.4g}" for k, v in {**scalars, **extra}.items() if k in SHOWN)
         if self.bar is not None:
             if split == "train":
                 self.bar.n = step
