@@ -12,7 +12,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default:
 @exit_on_usage_error
 def main(argv):
     if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+        logging.set_verbosity(logging.ERROR)  # TFDS warns about folders it merely looks into
     if len(argv) != 3 or argv[1] != "prepare":
         raise UsageError("usage: python -m bmjax.data prepare NAME [--manual_dir=DIR] [--data_dir=DIR]")
     where = prepare(argv[2], data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value)

@@ -4,14 +4,12 @@ from typing import Optional
 
 import numpy as np
 
-from bmjax.data import preprocess, tfds_source
-from bmjax.data.sources import ArraySource, Dataset, DatasetInfo, SubsetSource
+from bmjax.data import local, preprocess, tfds_source
+from bmjax.data.local import NAMES
+from bmjax.data.sources import ArraySource, Dataset, MappedSource, Source, SubsetSource
 from bmjax.errors import UsageError
 
-SKLEARN = ("digits", "iris", "wine", "breast_cancer", "diabetes")
-NAMES = SKLEARN + ("mnist1d", "synthetic")
-TEST_FRACTION = 0.2  # of bmjax's own sets, which come unsplit
-SPLIT_SEED = 0  # fixed: every run of a dataset sees the same test and validation examples
+VALIDATION_SEED = 0  # fixed, not the run's seed: every run of a dataset holds out the same examples
 
 
 def load(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
@@ -20,78 +18,64 @@ def load(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str]
          in_memory: bool = True) -> Dataset:
     """The dataset `name` with train/validation/test splits; normalisation fitted on train alone.
 
-    `seed` is accepted for symmetry with the runner; splits are fixed per dataset.
+    `seed` is accepted for symmetry with the runner: splits are fixed per dataset.
     """
+    del seed
     if normalize not in preprocess.NORMALIZATIONS:
         raise UsageError(f"unknown normalization {normalize!r}; choose one of: "
                          f"{', '.join(preprocess.NORMALIZATIONS)}")
+    if validation_split is not None and not 0 < validation_split < 1:
+        raise UsageError(f"--validation_split must lie in (0, 1), got {validation_split}; e.g. 0.1 holds out "
+                         "a tenth of the training split")
     if name in NAMES:
-        info, train, test = _bmjax_dataset(name, synthetic_examples, synthetic_features, synthetic_classes)
+        info, train, test = local.load(name, data_dir=data_dir, synthetic_examples=synthetic_examples,
+                                       synthetic_features=synthetic_features, synthetic_classes=synthetic_classes)
     else:
         info, train, test = tfds_source.load(name, data_dir=data_dir, manual_dir=manual_dir, in_memory=in_memory)
 
     validation = None
     if validation_split is not None:
-        if not 0 < validation_split < 1:
-            raise UsageError(f"--validation_split must lie in (0, 1), got {validation_split}")
-        order = np.random.default_rng(SPLIT_SEED).permutation(len(train))
-        held_out = int(round(validation_split * len(train)))
-        if held_out == 0 or held_out == len(train):
-            raise UsageError(f"--validation_split={validation_split} leaves no examples on one side of "
-                             f"{len(train)}; choose a fraction nearer 0.5")
-        validation, train = _subset(train, np.sort(order[:held_out])), _subset(train, np.sort(order[held_out:]))
-
+        train, validation = carve_validation(train, validation_split)
     if normalize != "none":
-        if not isinstance(train, ArraySource) or train.x.dtype == np.uint8:
-            raise UsageError(f"--normalize={normalize} applies to in-memory float features; {name} holds images, "
-                             "which are scaled to [0, 1] already: use --normalize=none")
-        normalizer = preprocess.fit_normalizer(train.x, normalize)
-        train, validation, test = (None if s is None else ArraySource(preprocess.apply_normalizer(s.x, normalizer),
-                                                                       s.y) for s in (train, validation, test))
+        train, validation, test = _normalize(normalize, train, validation, test)
     return Dataset(info, train, validation, test)
 
 
 def prepare(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str] = None) -> str:
-    """Prepares TFDS dataset `name` (offline from `manual_dir` if given); returns where it went."""
+    """Prepares TFDS dataset `name` (offline from `manual_dir` if given); returns the folder it is in."""
     if name in NAMES:
-        raise UsageError(f"{name} is one of bmjax's own datasets and needs no preparation")
+        raise UsageError(f"{name} is one of bmjax's own datasets and needs no preparation; load it directly")
     return tfds_source.prepare(name, data_dir=data_dir, manual_dir=manual_dir).data_dir
 
 
-def _subset(source, rows):
-    if isinstance(source, ArraySource):
+def carve_validation(train: Source, fraction: float) -> tuple[Source, Source]:
+    """(rest of train, validation): a fixed random `fraction` of `train` held out, each in original order."""
+    order = np.random.default_rng(VALIDATION_SEED).permutation(len(train))
+    held_out = int(round(fraction * len(train)))
+    if held_out == 0 or held_out == len(train):
+        raise UsageError(f"--validation_split={fraction} leaves no examples on one side of the {len(train)} "
+                         "training examples; choose a fraction nearer 0.5")
+    return _subset(train, np.sort(order[held_out:])), _subset(train, np.sort(order[:held_out]))
+
+
+def _subset(source: Source, rows: np.ndarray) -> Source:
+    if isinstance(source, ArraySource):  # a copy keeps the in-memory fast path
         return ArraySource(source.x[rows], source.y[rows])
-    return SubsetSource(source, rows)
+    return SubsetSource(source, rows)  # an index remap: nothing read
 
 
-def _bmjax_dataset(name, synthetic_examples, synthetic_features, synthetic_classes):
-    if name == "mnist1d":
-        from mnist1d.data import get_dataset_args, make_dataset
+def _normalize(method: str, train: Source, validation: Optional[Source], test: Source):
+    """Float features scaled with statistics of `train`; uint8 images are left as they are."""
+    train_x = train.x if isinstance(train, ArraySource) else train[np.arange(len(train))]["x"]
+    if not np.issubdtype(train_x.dtype, np.floating):
+        return train, validation, test
+    normalizer = preprocess.fit_normalizer(train_x, method)
 
-        raw = make_dataset(get_dataset_args())  # generated locally in under a second
-        info = DatasetInfo(name, "classification", (40,), 10, tuple(str(i) for i in range(10)))
-        return (info, ArraySource(raw["x"].astype(np.float32), raw["y"].astype(np.int32)),
-                ArraySource(raw["x_test"].astype(np.float32), raw["y_test"].astype(np.int32)))
+    def scaled(source):
+        if source is None:
+            return None
+        if isinstance(source, ArraySource):
+            return ArraySource(preprocess.apply_normalizer(source.x, normalizer), source.y)
+        return MappedSource(source, lambda x: preprocess.apply_normalizer(x, normalizer))
 
-    from sklearn import datasets as sk
-    from sklearn.model_selection import train_test_split
-
-    if name == "synthetic":
-        x, y = sk.make_classification(n_samples=synthetic_examples, n_features=synthetic_features,
-                                      n_informative=max(2, min(synthetic_features, synthetic_classes + 2)),
-                                      n_redundant=0, n_classes=synthetic_classes, random_state=SPLIT_SEED)
-        class_names = tuple(str(i) for i in range(synthetic_classes))
-    else:
-        bunch = getattr(sk, f"load_{name}")()
-        x, y = bunch.data, bunch.target
-        class_names = tuple(str(n) for n in bunch.target_names) if hasattr(bunch, "target_names") else None
-    regression = name == "diabetes"
-    x = x.astype(np.float32)
-    if name == "digits":
-        x = x.reshape(-1, 8, 8, 1) / 16.0  # 8x8 images with 17 grey levels, scaled to [0, 1]
-    y = y.astype(np.float32 if regression else np.int32)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED,
-                                                        stratify=None if regression else y)
-    info = DatasetInfo(name, "regression" if regression else "classification", x.shape[1:],
-                       None if regression else int(y.max()) + 1, None if regression else class_names)
-    return info, ArraySource(x_train, y_train), ArraySource(x_test, y_test)
+    return scaled(train), scaled(validation), scaled(test)

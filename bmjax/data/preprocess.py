@@ -24,11 +24,13 @@ def fit_normalizer(train_x: np.ndarray, method: str):
 
 
 def apply_normalizer(x: np.ndarray, normalizer) -> np.ndarray:
+    """(x - shift) / scale as float32."""
     shift, scale = normalizer
     return ((x - shift) / scale).astype(np.float32)
 
 
 def one_hot(labels, num_classes: int) -> np.ndarray:
+    """[..., num_classes] float32 rows with a 1 at each label."""
     return np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
 
 

@@ -1,7 +1,7 @@
 """The dataset types: random-access splits and what a model needs to know about them."""
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -29,7 +29,8 @@ class ArraySource(Source):
     """A split held in memory as numpy arrays."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
-        assert len(x) == len(y)
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} features but {len(y)} labels")
         self.x, self.y = x, y
 
     def __len__(self):
@@ -50,6 +51,20 @@ class SubsetSource(Source):
 
     def __getitem__(self, indices):
         return self.source[self.rows[indices]]
+
+
+class MappedSource(Source):
+    """Another source whose features pass through `transform` on access."""
+
+    def __init__(self, source: Source, transform: Callable[[np.ndarray], np.ndarray]):
+        self.source, self.transform = source, transform
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, indices):
+        batch = self.source[indices]
+        return {**batch, "x": self.transform(batch["x"])}
 
 
 @dataclasses.dataclass
