@@ -18,6 +18,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_two_processes(workdir, *args):
+    """Runs experiments.mnist_mlp as a 2-process job on 127.0.0.1; returns both (stdout, stderr)."""
+    address = f"127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={workdir}", "--host_devices=2",
+         f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}", *args],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for p, (_, err) in zip(processes, outputs):
+        assert p.returncode == 0, err
+    return outputs
+
+
 @pytest.mark.parametrize("parallel", ["mesh", "pmap"])
 def test_two_processes_match_one(tmp_path, parallel):
     single = tmp_path / "single"
@@ -26,15 +40,7 @@ def test_two_processes_match_one(tmp_path, parallel):
     assert out.returncode == 0, out.stderr
 
     multi = tmp_path / "multi"
-    address = f"127.0.0.1:{free_port()}"
-    processes = [subprocess.Popen(
-        [sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={multi}", "--host_devices=2",
-         f"--parallel={parallel}", f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}",
-         *ARGS], cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)]
-    outputs = [p.communicate(timeout=300) for p in processes]
-    for p, (_, err) in zip(processes, outputs):
-        assert p.returncode == 0, err
+    outputs = run_two_processes(multi, f"--parallel={parallel}", *ARGS)
 
     result = read_result(multi)
     assert result["processes"] == 2 and result["devices"] == 4
@@ -44,3 +50,13 @@ def test_two_processes_match_one(tmp_path, parallel):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     np.testing.assert_allclose(result["test"]["loss"], read_result(single)["test"]["loss"], rtol=1e-5)
     assert "classification report" in outputs[0][0] and "classification report" not in outputs[1][0]
+
+
+def test_two_processes_resume_together(tmp_path):
+    workdir = tmp_path / "multi"
+    run_two_processes(workdir, *ARGS)
+    extended = [a if not a.startswith("--train_steps") else "--train_steps=30" for a in ARGS]
+    run_two_processes(workdir, *extended)
+    steps = [r["step"] for r in read_metrics(workdir)]
+    assert steps == list(range(2, 32, 2)), "the second job went on from step 20"
+    assert read_result(workdir)["steps"] == 30

@@ -111,6 +111,8 @@ class MeshStrategy(Single):
 
     def replicate(self, tree):
         def put(x):
+            if isinstance(x, jax.Array) and x.sharding == self.replicated:
+                return x  # already in place (a restored checkpoint); in a multi-host run not readable here
             x = np.asarray(x)
             return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])
 
@@ -119,9 +121,6 @@ class MeshStrategy(Single):
     def constrain_batch(self, batch):
         return jax.tree.map(
             lambda x: jax.lax.with_sharding_constraint(x, self._batch_sharding(x.ndim, 0)), batch)
-
-    def compile(self, fn: Callable, donate_state: bool = True) -> Callable:
-        return jax.jit(fn, donate_argnums=(0,) if donate_state else ())
 
     def fetch(self, tree):
         return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
