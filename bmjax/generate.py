@@ -1,0 +1,102 @@
+"""Sampling from a causal language model with a KV cache: prefill the prompt, then one compiled decode loop.
+
+Works with any linen model that has `decode` and `block_size` attributes and keeps its cache in the "cache"
+collection, such as `bmjax.models.gpt.GPT`.
+"""
+
+import functools
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def top_k_logits(logits, k: int):
+    """Keeps the k largest logits on the last axis (ties with the k-th are kept too); sets the rest to -inf."""
+    kth_largest = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits < kth_largest, -jnp.inf, logits)
+
+
+def top_p_logits(logits, p: float):
+    """Nucleus filtering: keeps the smallest set of most likely tokens whose probability sums to at least p."""
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # A token is kept while the mass of the tokens before it is still below p; the most likely always is.
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep = mass_before < p
+    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits < cutoff, -jnp.inf, logits)
+
+
+def sample_token(logits, rng, *, temperature: float = 1.0, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, greedy: bool = False):
+    """One token id per row of `logits` [batch, vocab]."""
+    if greedy:
+        return jnp.argmax(logits, axis=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = top_k_logits(logits, top_k)
+    if top_p is not None:
+        logits = top_p_logits(logits, top_p)
+    return jax.random.categorical(rng, logits, axis=-1)
+
+
+def init_cache(decoder: nn.Module, params, batch_size: int, length: int):
+    """An empty cache for `length` positions: the shapes of one initialising call, filled with zeros."""
+    tokens = jnp.zeros((batch_size, length), jnp.int32)
+    shapes = jax.eval_shape(lambda: decoder.apply({"params": params}, tokens, mutable=["cache"])[1]["cache"])
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+@functools.partial(jax.jit, static_argnames=("decoder", "max_new_tokens", "temperature", "top_k", "top_p",
+                                             "greedy"))
+def _generate(decoder, params, prompt_tokens, rng, max_new_tokens, temperature, top_k, top_p, greedy):
+    batch_size, prompt_len = prompt_tokens.shape
+    cache = init_cache(decoder, params, batch_size, prompt_len + max_new_tokens)
+
+    def forward(cache, tokens):
+        logits, updated = decoder.apply({"params": params, "cache": cache}, tokens, mutable=["cache"])
+        return updated["cache"], logits[:, -1]
+
+    # Prefill: the whole prompt in one call fills its cache positions and gives the next token's logits.
+    cache, logits = forward(cache, prompt_tokens)
+
+    def step(carry, step_rng):
+        cache, logits = carry
+        token = sample_token(logits, step_rng, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+        # The last step's forward pass is not needed; it keeps the loop body uniform.
+        cache, logits = forward(cache, token[:, None].astype(jnp.int32))
+        return (cache, logits), token
+
+    _, new_tokens = jax.lax.scan(step, (cache, logits), jax.random.split(rng, max_new_tokens))
+    return jnp.concatenate([prompt_tokens, new_tokens.T.astype(prompt_tokens.dtype)], axis=1)
+
+
+def generate(model: nn.Module, params, prompt_tokens, max_new_tokens: int, rng, *, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False):
+    """Extends `prompt_tokens` [batch, prompt_len] by `max_new_tokens` sampled tokens -> [batch, prompt_len + new].
+
+    `model` is the training-mode model and `params` its "params" collection (boxed or not).
+
+    `greedy` takes the argmax; otherwise logits are divided by `temperature`, filtered to the `top_k` largest
+    and/or the `top_p` nucleus, and sampled with `rng`. Compiles once per model, shape and sampling setting.
+    """
+    prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+    if prompt_tokens.ndim != 2 or prompt_tokens.shape[1] == 0:
+        raise ValueError(f"prompt_tokens must be [batch, prompt_len] with prompt_len >= 1, got {prompt_tokens.shape}")
+    total = prompt_tokens.shape[1] + max_new_tokens
+    if total > model.block_size:
+        raise ValueError(f"prompt ({prompt_tokens.shape[1]}) + max_new_tokens ({max_new_tokens}) = {total} tokens "
+                         f"exceed the model's block_size ({model.block_size})")
+    if max_new_tokens < 1:
+        return prompt_tokens
+    if not greedy and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
+    if top_k is not None and not 1 <= top_k <= getattr(model, "vocab_size", top_k):
+        raise ValueError(f"top_k must be between 1 and the vocabulary size, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    params = nn.meta.unbox(params)
+    return _generate(model.clone(decode=True), params, prompt_tokens, rng, max_new_tokens, temperature, top_k,
+                     top_p, greedy)

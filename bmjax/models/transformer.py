@@ -1,0 +1,201 @@
+"""Transformer building blocks: multi-head attention (grouped-query, rotary, KV cache), MLP, pre-LayerNorm block.
+
+Every parameter carries logical axis names ("embed", "heads", "kv_heads", "kv", "mlp", "vocab") through
+`nn.with_logical_partitioning`, so a mesh strategy can map them to mesh axes with `nn.logical_to_mesh_sharding`.
+`model.init` then returns `nn.Partitioned` boxes: `nn.meta.unbox(variables)` gives plain arrays and
+`nn.get_partition_spec(variables)` the names. Names no rule mentions stay replicated.
+"""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# GPT-2's initialisation: every weight from N(0, 0.02), biases zero, norms one.
+INIT_STD = 0.02
+
+
+def partitioned(init, names: tuple):
+    """An initializer whose parameter carries the logical axis `names`."""
+    return nn.with_logical_partitioning(init, names)
+
+
+def layer_norm(dtype, param_dtype, name=None) -> nn.LayerNorm:
+    return nn.LayerNorm(dtype=dtype, param_dtype=param_dtype, name=name,
+                        scale_init=partitioned(nn.initializers.ones, ("embed",)),
+                        bias_init=partitioned(nn.initializers.zeros, ("embed",)))
+
+
+def rotary_embedding(x, positions, base: float = 10000.0):
+    """Rotates channel pairs (i, i + head_dim/2) of `x` [batch, len, heads, head_dim] by angle position * freq_i."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions[..., None].astype(jnp.float32) * freqs  # [batch or 1, len, half]
+    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def attention_mask(q_len: int, kv_len: int, *, causal: bool = False, padding_mask=None, mask=None, q_offset=0):
+    """A boolean mask [batch or 1, 1, q_len, kv_len], True where a query may attend to a key, or None.
+
+    `causal`: query i (at absolute position q_offset + i) sees keys at positions <= its own.
+    `padding_mask` [batch, kv_len]: True for real tokens. `mask`: an explicit mask, combined with the others.
+    """
+    masks = [] if mask is None else [mask]
+    if causal:
+        query_positions = q_offset + jnp.arange(q_len)
+        masks.append((jnp.arange(kv_len)[None, :] <= query_positions[:, None])[None, None])
+    if padding_mask is not None:
+        masks.append(padding_mask[:, None, None, :].astype(bool))
+    if not masks:
+        return None
+    combined = masks[0]
+    for m in masks[1:]:
+        combined = jnp.logical_and(combined, m)
+    return combined
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with `num_heads` query heads sharing `num_kv_heads` key/value heads (grouped-query).
+
+    With `decode=True` keys and values go to a cache in the "cache" collection: initialise it by running the
+    model once on an input of the full length (its values are not used), then feed one token (or a chunk)
+    per call with `mutable=["cache"]`. Decoding is always causal over the cached positions; a `padding_mask` or
+    `mask` then spans the cache length.
+    """
+
+    num_heads: int
+    head_dim: int
+    num_kv_heads: Optional[int] = None  # None: as many as query heads
+    dropout: float = 0.0
+    use_rotary: bool = False
+    rotary_base: float = 10000.0
+    use_bias: bool = True
+    out_init_std: float = INIT_STD  # GPT-2 scales the residual projections down with depth
+    decode: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def projection(self, heads: int, head_axis: str, name: str) -> nn.DenseGeneral:
+        return nn.DenseGeneral(
+            (heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=partitioned(nn.initializers.normal(INIT_STD), ("embed", head_axis, "kv")),
+            bias_init=partitioned(nn.initializers.zeros, (head_axis, "kv")), name=name)
+
+    @nn.compact
+    def __call__(self, x, *, mask=None, causal: bool = False, padding_mask=None, train: bool = False):
+        """x [batch, len, embed] -> [batch, len, embed]. `mask` [batch, 1, len, kv_len], True = attend."""
+        _, length, embed_dim = x.shape
+        num_kv_heads = self.num_kv_heads or self.num_heads
+        if self.num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+
+        query = self.projection(self.num_heads, "heads", "query")(x)  # [batch, len, heads, head_dim]
+        key = self.projection(num_kv_heads, "kv_heads", "key")(x)  # [batch, len, kv_heads, head_dim]
+        value = self.projection(num_kv_heads, "kv_heads", "value")(x)
+
+        offset = 0  # absolute position of the first query
+        if self.decode:
+            # The cache is created on the first (initialising) call, sized by that call's input length.
+            cache_ready = self.has_variable("cache", "cached_key")
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+            cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            if cache_ready:
+                offset = cache_index.value
+            causal = True
+
+        if self.use_rotary:
+            positions = offset + jnp.arange(length)[None]
+            query = rotary_embedding(query, positions, self.rotary_base)
+            key = rotary_embedding(key, positions, self.rotary_base)
+
+        if self.decode and cache_ready:
+            # Write this call's keys and values at the cache index, then attend over the whole cache:
+            # query i sits at position offset + i and sees the cached positions up to its own.
+            cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, offset, 0, 0))
+            cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, offset, 0, 0))
+            cache_index.value = offset + length
+            key, value = cached_key.value, cached_value.value
+        mask = attention_mask(length, key.shape[1], causal=causal, padding_mask=padding_mask, mask=mask,
+                              q_offset=offset)
+
+        # Grouped-query attention: key/value head j serves the consecutive query heads j * repeats ... .
+        repeats = self.num_heads // num_kv_heads
+        key, value = jnp.repeat(key, repeats, axis=2), jnp.repeat(value, repeats, axis=2)
+
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query * self.head_dim ** -0.5, key)
+        scores = scores.astype(jnp.float32)  # softmax in float32 whatever the compute dtype
+        if mask is not None:
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+
+        return nn.DenseGeneral(
+            embed_dim, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=partitioned(nn.initializers.normal(self.out_init_std), ("heads", "kv", "embed")),
+            bias_init=partitioned(nn.initializers.zeros, ("embed",)), name="out")(out)
+
+
+class MLP(nn.Module):
+    """Dense(hidden) -> GELU -> Dense(embed), or SwiGLU: Dense(silu(x W_gate) * (x W_up)) with `activation="swiglu"`."""
+
+    hidden_dim: int
+    activation: str = "gelu"
+    use_bias: bool = True
+    out_init_std: float = INIT_STD
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def dense(self, features: int, names: tuple, std: float, name: str) -> nn.Dense:
+        return nn.Dense(features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                        kernel_init=partitioned(nn.initializers.normal(std), names),
+                        bias_init=partitioned(nn.initializers.zeros, names[-1:]), name=name)
+
+    @nn.compact
+    def __call__(self, x):
+        if self.activation == "gelu":
+            hidden = nn.gelu(self.dense(self.hidden_dim, ("embed", "mlp"), INIT_STD, "up")(x))
+        elif self.activation == "swiglu":
+            gate = self.dense(self.hidden_dim, ("embed", "mlp"), INIT_STD, "gate")(x)
+            hidden = nn.silu(gate) * self.dense(self.hidden_dim, ("embed", "mlp"), INIT_STD, "up")(x)
+        else:
+            raise ValueError(f"unknown activation {self.activation!r}; choose 'gelu' or 'swiglu'")
+        return self.dense(x.shape[-1], ("mlp", "embed"), self.out_init_std, "down")(hidden)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm residual block: x + dropout(attention(LN(x))), then x + dropout(mlp(LN(x)))."""
+
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    num_kv_heads: Optional[int] = None
+    activation: str = "gelu"
+    dropout: float = 0.0
+    use_rotary: bool = False
+    use_bias: bool = True
+    out_init_std: float = INIT_STD
+    decode: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, mask=None, causal: bool = False, padding_mask=None, train: bool = False):
+        attention = MultiHeadAttention(
+            self.num_heads, self.head_dim, self.num_kv_heads, dropout=self.dropout, use_rotary=self.use_rotary,
+            use_bias=self.use_bias, out_init_std=self.out_init_std, decode=self.decode, dtype=self.dtype,
+            param_dtype=self.param_dtype, name="attention")
+        mlp = MLP(self.mlp_dim, self.activation, use_bias=self.use_bias, out_init_std=self.out_init_std,
+                  dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")
+        residual_dropout = nn.Dropout(self.dropout, deterministic=not train)
+
+        h = attention(layer_norm(self.dtype, self.param_dtype, "attention_norm")(x), mask=mask, causal=causal,
+                      padding_mask=padding_mask, train=train)
+        x = x + residual_dropout(h)
+        h = mlp(layer_norm(self.dtype, self.param_dtype, "mlp_norm")(x))
+        return x + residual_dropout(h)
