@@ -3,7 +3,7 @@
 import dataclasses
 import sys
 import typing
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import app, flags, logging
 
@@ -63,9 +63,20 @@ def flagfile_text(config: Config, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(config_cls: type[Config], argv: Optional[Sequence[str]] = None) -> None:
-    """Entry point of `python -m experiments.NAME`: flags -> config -> bmjax.train.run."""
+def main(config_cls: type[Config], argv: Optional[Sequence[str]] = None, *,
+         presets: Optional[dict[str, dict]] = None, entry: Optional[Callable] = None) -> None:
+    """Entry point of `python -m experiments.NAME`: flags -> config -> `entry(config, command)`.
+
+    `entry` defaults to bmjax's runner. With `presets`, `--preset=NAME` sets the defaults of a named group
+    of flags; flags given explicitly still win.
+    """
     define_flags(config_cls)
+    if presets:
+        flags.DEFINE_enum("preset", None, list(presets), "A named group of defaults: "
+                          + "; ".join(f"{name}: {_describe(values)}" for name, values in presets.items()))
+        chosen = _preset_in(argv or sys.argv, presets)
+        for name, value in presets.get(chosen, {}).items():
+            flags.FLAGS.set_default(name, [str(v) for v in value] if isinstance(value, tuple) else value)
     command = sys.modules["__main__"].__spec__.name if sys.modules["__main__"].__spec__ else sys.argv[0]
 
     @exit_on_usage_error
@@ -76,7 +87,7 @@ def main(config_cls: type[Config], argv: Optional[Sequence[str]] = None) -> None
             raise UsageError(f"unexpected arguments {' '.join(argv[1:])}; every setting is a --flag "
                              "(see --helpfull)")
         from bmjax.train.loop import run as run_training  # imports JAX only after the flags parse
-        run_training(config_from_flags(config_cls), command=command)
+        (entry or run_training)(config_from_flags(config_cls), command=command)
 
     app.run(run, argv=argv)
 
@@ -93,3 +104,17 @@ def _metadata(config_cls: type[Config], name: str) -> tuple[str, Optional[tuple]
         if f is not None and "help" in f.metadata:
             return f.metadata["help"], f.metadata["choices"]
     return name.replace("_", " "), None
+
+
+def _preset_in(argv: Sequence[str], presets: dict) -> Optional[str]:
+    """The value of --preset in the command line (before absl parses it, so that it can set defaults)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--preset="):
+            return arg.split("=", 1)[1]
+        if arg == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _describe(values: dict) -> str:
+    return " ".join(f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in values.items())

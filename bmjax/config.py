@@ -20,7 +20,7 @@ def field(default: Any, help: str, choices: Optional[tuple[str, ...]] = None):
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 STRATEGIES = ("auto", "single", "pmap", "mesh")
-TASKS = ("auto", "classification", "binary", "regression")
+TASKS = ("auto", "classification", "binary", "regression", "language_model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Config:
     synthetic_examples: int = field(1000, "Examples in the `synthetic` dataset.")
     synthetic_features: int = field(10, "Features of the `synthetic` dataset.")
     synthetic_classes: int = field(2, "Classes of the `synthetic` dataset.")
+    block_size: Optional[int] = field(None, "Tokens per example of a text dataset (and positions of a sequence "
+                                            "model).")
     data_placement: str = field("auto", "Keep the dataset in device memory and run many steps per call "
                                         "(device), read batches from the host (host), or device when it fits "
                                         "and there is one process (auto).", ("auto", "device", "host"))
@@ -65,9 +67,11 @@ class Config:
     learning_rate: float = field(1e-3, "Peak learning rate.")
     optimizer: str = field("adam", "Optimizer.", OPTIMIZERS)
     momentum: float = field(0.9, "Momentum of sgd.")
+    b2: float = field(0.999, "Decay of Adam's second-moment estimate (adam, adamw).")
     nesterov: bool = field(False, "Nesterov momentum for sgd.")
     lr_schedule: str = field("constant", "Learning-rate schedule.", SCHEDULES)
     warmup_steps: int = field(0, "Linear warm-up steps of warmup_cosine.")
+    min_learning_rate: float = field(0.0, "Where the cosine schedules end.")
     lr_decay_steps: int = field(1000, "Steps between decays of the step schedule.")
     lr_decay_factor: float = field(0.1, "Factor of each decay of the step schedule.")
     weight_decay: float = field(0.0, "Decoupled weight decay of the weight matrices (adamw's; added to the "
@@ -102,7 +106,7 @@ class Config:
         positive = ["epochs", "batch_size", "eval_batch_size", "learning_rate", "log_every_steps",
                     "keep_checkpoints", "synthetic_examples", "synthetic_features", "kernel_size"]
         positive_if_set = ["train_steps", "eval_every_steps", "checkpoint_every_steps", "clip_grad_norm",
-                           "host_devices", "num_processes"]
+                           "host_devices", "num_processes", "block_size"]
         for name in positive + [n for n in positive_if_set if getattr(self, n) is not None]:
             value = getattr(self, name)
             if not value > 0:
@@ -112,7 +116,7 @@ class Config:
                              "leave it unset for no validation split")
         if not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout must lie in [0, 1), got {self.dropout}")
-        for name in ("weight_decay", "l1", "l2", "warmup_steps", "momentum", "steps_per_call"):
+        for name in ("weight_decay", "l1", "l2", "warmup_steps", "momentum", "steps_per_call", "min_learning_rate"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name} must not be negative, got {getattr(self, name)}")
         if self.synthetic_classes < 2:

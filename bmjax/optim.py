@@ -12,10 +12,11 @@ def schedule(config: Config, total_steps: int) -> optax.Schedule:
     if config.lr_schedule == "constant":
         return optax.constant_schedule(lr)
     if config.lr_schedule == "cosine":
-        return optax.cosine_decay_schedule(lr, decay_steps=total_steps)
+        return optax.cosine_decay_schedule(lr, decay_steps=total_steps, alpha=config.min_learning_rate / lr)
     if config.lr_schedule == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=config.warmup_steps,
-                                                  decay_steps=max(total_steps, config.warmup_steps + 1))
+                                                  decay_steps=max(total_steps, config.warmup_steps + 1),
+                                                  end_value=config.min_learning_rate)
     if config.lr_schedule == "step":
         return optax.exponential_decay(lr, transition_steps=config.lr_decay_steps,
                                        decay_rate=config.lr_decay_factor, staircase=True)
@@ -32,10 +33,10 @@ def create(config: Config, total_steps: int) -> optax.GradientTransformation:
     lr = schedule(config, total_steps)
     decay = config.weight_decay
     if config.optimizer == "adamw":
-        optimizer = optax.adamw(lr, weight_decay=decay, mask=weight_matrices)
+        optimizer = optax.adamw(lr, b2=config.b2, weight_decay=decay, mask=weight_matrices)
     elif config.optimizer == "adam":
-        optimizer = optax.chain(optax.add_decayed_weights(decay, weight_matrices), optax.adam(lr)) \
-            if decay else optax.adam(lr)
+        optimizer = optax.chain(optax.add_decayed_weights(decay, weight_matrices), optax.adam(lr, b2=config.b2)) \
+            if decay else optax.adam(lr, b2=config.b2)
     elif config.optimizer == "sgd":
         sgd = optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
         optimizer = optax.chain(optax.add_decayed_weights(decay, weight_matrices), sgd) if decay else sgd

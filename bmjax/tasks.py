@@ -88,6 +88,25 @@ class Regression:
         return {"loss": float(sums["loss"] / sums["examples"]), **summary}
 
 
+class LanguageModel:
+    """Next-token cross-entropy over every position; reported as loss, token accuracy and perplexity."""
+
+    def __init__(self, vocab_size: int):
+        self.num_outputs = vocab_size
+
+    def loss(self, logits, tokens):
+        return jnp.mean(losses.softmax_cross_entropy(logits, tokens), axis=-1)  # one value per sequence
+
+    def metric_sums(self, logits, tokens, per_example_loss, weights):
+        correct = jnp.mean(jnp.argmax(logits, axis=-1) == tokens, axis=-1)
+        return {"loss": jnp.sum(per_example_loss * weights), "count": jnp.sum(weights),
+                "correct": jnp.sum(correct * weights)}
+
+    def summarize(self, sums, detailed: bool = False) -> dict:
+        loss = float(sums["loss"] / sums["count"])
+        return {"loss": loss, "accuracy": float(sums["correct"] / sums["count"]), "perplexity": float(np.exp(loss))}
+
+
 def create(name: str, dataset: Dataset):
     """The task `name` ('auto' follows the dataset) for a dataset."""
     info = dataset.info
@@ -103,10 +122,14 @@ def create(name: str, dataset: Dataset):
             raise UsageError(f"--task=binary needs two classes; {info.name} has {info.num_classes} "
                              "(use --task=classification)")
         return Binary(info.class_names)
+    if name == "language_model":
+        if info.task != "language_model":
+            raise UsageError(f"--task=language_model needs a text dataset; {info.name} is a {info.task} dataset")
+        return LanguageModel(info.num_classes)
     if name == "regression":
         if info.task != "regression":
             raise UsageError(f"--task=regression needs a regression dataset; {info.name} is a classification "
                              "dataset")
         targets = dataset.train[np.arange(min(len(dataset.train), 100_000))]["y"]
         return Regression(np.mean(targets), np.std(targets))
-    raise UsageError(f"unknown task {name!r}; choose auto, classification, binary or regression")
+    raise UsageError(f"unknown task {name!r}; choose auto, classification, binary, regression or language_model")

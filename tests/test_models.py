@@ -45,7 +45,7 @@ def test_seed_cnn_layers():
 
 
 def test_registry_names_and_hyperparameters():
-    with pytest.raises(UsageError, match="unknown model 'resnet9000'; choose one of: cnn, mlp"):
+    with pytest.raises(UsageError, match="unknown model 'resnet9000'; choose one of: cnn, gpt, mlp"):
         models.create("resnet9000", num_outputs=2)
     config = Config(hidden_sizes=(7, 5), activation="tanh", dropout=0.1, conv_features=(4,))
     mlp = models.hyperparameters("mlp", config)

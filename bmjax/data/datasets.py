@@ -4,7 +4,7 @@ from typing import Optional
 
 import numpy as np
 
-from bmjax.data import local, preprocess, tfds_source
+from bmjax.data import local, preprocess, text, tfds_source
 from bmjax.data.local import NAMES
 from bmjax.data.sources import ArraySource, Dataset, MappedSource, Source, SubsetSource
 from bmjax.errors import UsageError
@@ -15,7 +15,7 @@ VALIDATION_SEED = 0  # fixed, not the run's seed: every run of a dataset holds o
 def load(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
          validation_split: Optional[float] = None, normalize: str = "none", seed: int = 0,
          synthetic_examples: int = 1000, synthetic_features: int = 10, synthetic_classes: int = 2,
-         in_memory: bool = True) -> Dataset:
+         in_memory: bool = True, block_size: Optional[int] = None) -> Dataset:
     """The dataset `name` with train/validation/test splits; normalisation fitted on train alone.
 
     `seed` is accepted for symmetry with the runner: splits are fixed per dataset.
@@ -27,6 +27,8 @@ def load(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str]
     if validation_split is not None and not 0 < validation_split < 1:
         raise UsageError(f"--validation_split must lie in (0, 1), got {validation_split}; e.g. 0.1 holds out "
                          "a tenth of the training split")
+    if name in text.TEXT_DATASETS:  # next-token windows of `block_size`; the splits are the corpus's own
+        return text.load(name, block_size=block_size, data_dir=data_dir, manual_dir=manual_dir)
     if name in NAMES:
         info, train, test = local.load(name, data_dir=data_dir, synthetic_examples=synthetic_examples,
                                        synthetic_features=synthetic_features, synthetic_classes=synthetic_classes)

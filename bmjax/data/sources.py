@@ -3,15 +3,16 @@
 import dataclasses
 from typing import Callable, Optional
 
+import jax.numpy as jnp
 import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    task: str  # "classification" or "regression"
+    task: str  # "classification", "regression" or "language_model"
     feature_shape: tuple[int, ...]
-    num_classes: Optional[int]  # None for regression
+    num_classes: Optional[int]  # None for regression; the vocabulary size of a language model
     class_names: Optional[tuple[str, ...]]
 
 
@@ -38,6 +39,15 @@ class ArraySource(Source):
 
     def __getitem__(self, indices):
         return {"x": self.x[indices], "y": self.y[indices]}
+
+    def device_arrays(self) -> dict:
+        """What the devices hold when the split lives there; `gather` reads batches from it."""
+        return {"x": self.x, "y": self.y}
+
+    @staticmethod
+    def gather(arrays: dict, indices):
+        """Rows `indices` as a batch, on the device (jittable)."""
+        return {k: jnp.take(v, indices, axis=0) for k, v in arrays.items()}
 
 
 class SubsetSource(Source):
@@ -73,3 +83,4 @@ class Dataset:
     train: Source
     validation: Optional[Source]
     test: Source
+    tokenizer: Optional[object] = None  # text datasets: turns strings into token ids and back

@@ -42,7 +42,7 @@ def run(config: Config, command: str = "bmjax") -> dict:
                         validation_split=config.validation_split, normalize=config.normalize, seed=config.seed,
                         synthetic_examples=config.synthetic_examples,
                         synthetic_features=config.synthetic_features,
-                        synthetic_classes=config.synthetic_classes)
+                        synthetic_classes=config.synthetic_classes, block_size=config.block_size)
     task = tasks.create(config.task, dataset)
     model = models.create(config.model, num_outputs=task.num_outputs, **models.hyperparameters(config.model, config))
     strategy = strategy_lib.create(config.parallel, config.batch_size)
@@ -141,14 +141,14 @@ class _DeviceFeed:
     def __init__(self, dataset, train_step, eval_step, strategy, eval_batch_size, steps_per_call):
         self.dataset, self.strategy, self.eval_batch_size = dataset, strategy, eval_batch_size
         self.steps_per_call = steps_per_call
-        self.arrays = {}
-        self.train_fn = strategy.compile(step_lib.scan_train(train_step, strategy.constrain_batch))
-        self.eval_fn = strategy.compile(step_lib.scan_eval(eval_step, strategy.constrain_batch), donate_state=False)
+        self.arrays, self.eval_fns = {}, {}
+        self.eval_step = eval_step
+        self.train_fn = strategy.compile(step_lib.scan_train(train_step, dataset.train.gather,
+                                                             strategy.constrain_batch))
 
     def _on_device(self, split):
         if split not in self.arrays:
-            source = getattr(self.dataset, split)
-            self.arrays[split] = self.strategy.replicate({"x": source.x, "y": source.y})
+            self.arrays[split] = self.strategy.replicate(getattr(self.dataset, split).device_arrays())
         return self.arrays[split]
 
     def train(self, state, indices):
@@ -161,9 +161,13 @@ class _DeviceFeed:
         return state, jax.tree.map(lambda *s: np.concatenate([self.strategy.fetch(x) for x in s]), *all_sums)
 
     def evaluate(self, state, split):
-        indices, mask = pipeline.eval_indices(len(getattr(self.dataset, split)), self.eval_batch_size)
-        sums = self.eval_fn(state, self._on_device(split), self.strategy.shard(indices, axis=1),
-                            self.strategy.shard(mask, axis=1))
+        source = getattr(self.dataset, split)
+        if split not in self.eval_fns:  # each split cuts its batches its own way
+            self.eval_fns[split] = self.strategy.compile(
+                step_lib.scan_eval(self.eval_step, source.gather, self.strategy.constrain_batch), donate_state=False)
+        indices, mask = pipeline.eval_indices(len(source), self.eval_batch_size)
+        sums = self.eval_fns[split](state, self._on_device(split), self.strategy.shard(indices, axis=1),
+                                    self.strategy.shard(mask, axis=1))
         return self.strategy.fetch(sums)
 
 
@@ -216,15 +220,14 @@ def _make_feed(config, dataset, task, strategy):
     shards = strategy.num_shards
     eval_batch_size = max(shards, min(config.eval_batch_size, -(-len(dataset.test) // shards) * shards)
                           // shards * shards)
-    in_memory = all(isinstance(s, data.ArraySource) for s in (dataset.train, dataset.validation, dataset.test)
-                    if s is not None)
+    splits = [s for s in (dataset.train, dataset.validation, dataset.test) if s is not None]
+    in_memory = all(hasattr(s, "device_arrays") for s in splits)
     placement = config.data_placement
     if placement == "device" and (not in_memory or jax.process_count() > 1):
         raise UsageError("--data_placement=device needs an in-memory dataset and a single process; "
                          "use --data_placement=host")
     if placement == "auto":
-        size = sum(s.x.nbytes + s.y.nbytes for s in (dataset.train, dataset.validation, dataset.test)
-                   if s is not None) if in_memory else math.inf
+        size = sum(a.nbytes for s in splits for a in s.device_arrays().values()) if in_memory else math.inf
         placement = "device" if jax.process_count() == 1 and size <= DEVICE_DATA_LIMIT_BYTES else "host"
     if placement == "device":
         return _DeviceFeed(dataset, train_step, eval_step, strategy, eval_batch_size, config.steps_per_call)

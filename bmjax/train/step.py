@@ -59,17 +59,15 @@ def make_eval_step(task, *, axis_name: Optional[str] = None) -> Callable:
     return eval_step
 
 
-def take(data, indices):
-    """Rows `indices` of every array in `data`: a batch gathered on the device."""
-    return jax.tree.map(lambda a: jnp.take(a, indices, axis=0), data)
+def scan_train(train_step: Callable, gather: Callable, constrain_batch: Callable = lambda b: b) -> Callable:
+    """`(state, data, indices[k, b]) -> (state, sums stacked over k)`: k steps in one compiled call.
 
-
-def scan_train(train_step: Callable, constrain_batch: Callable = lambda b: b) -> Callable:
-    """`(state, data, indices[k, b]) -> (state, sums stacked over k)`: k steps in one compiled call."""
+    `gather(data, indices[b])` cuts a batch out of the device-resident `data`.
+    """
 
     def train_steps(state, data, indices):
         def body(state, idx):
-            return train_step(state, constrain_batch(take(data, idx)))
+            return train_step(state, constrain_batch(gather(data, idx)))
 
         if indices.shape[0] == 1:  # no loop at all: XLA:CPU runs convolutions in loops slowly (jax#12868)
             state, sums = body(state, indices[0])
@@ -79,13 +77,13 @@ def scan_train(train_step: Callable, constrain_batch: Callable = lambda b: b) ->
     return train_steps
 
 
-def scan_eval(eval_step: Callable, constrain_batch: Callable = lambda b: b) -> Callable:
+def scan_eval(eval_step: Callable, gather: Callable, constrain_batch: Callable = lambda b: b) -> Callable:
     """`(state, data, indices[k, b], mask[k, b]) -> sums over all k batches`."""
 
     def eval_steps(state, data, indices, mask):
         def body(_, idx_mask):
             idx, m = idx_mask
-            return None, eval_step(state, constrain_batch({**take(data, idx), "mask": m}))
+            return None, eval_step(state, constrain_batch({**gather(data, idx), "mask": m}))
 
         _, sums = lax.scan(body, None, (indices, mask))
         return jax.tree.map(lambda s: s.sum(0), sums)
