@@ -17,6 +17,7 @@ class SeedCNN(nn.Module):
     kernel_size: int = 3
     conv_padding: str = "VALID"
     dropout: float = 0.0
+    remat: bool = False  # recompute each convolution's output in the backward pass
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -24,9 +25,10 @@ class SeedCNN(nn.Module):
     def __call__(self, x, *, train: bool = False):
         if x.ndim == 3:  # [batch, height, width] -> add a channel axis
             x = x[..., None]
-        for features in self.conv_features:
-            x = nn.Conv(features, (self.kernel_size,) * 2, padding=self.conv_padding, kernel_init=KERNEL_INIT,
-                        dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        conv = nn.remat(nn.Conv) if self.remat else nn.Conv  # named alike either way, so checkpoints fit both
+        for i, features in enumerate(self.conv_features):
+            x = conv(features, (self.kernel_size,) * 2, padding=self.conv_padding, kernel_init=KERNEL_INIT,
+                     dtype=self.dtype, param_dtype=self.param_dtype, name=f"Conv_{i}")(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden_sizes:

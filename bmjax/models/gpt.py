@@ -6,7 +6,7 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmjax.models.transformer import INIT_STD, Block, layer_norm, partitioned
+from bmjax.models.transformer import INIT_STD, block_class, layer_norm, partitioned
 
 # Named sizes. "nano" is nanoGPT's CPU Shakespeare-character setup; "gpt2" is GPT-2 small (124M parameters
 # with tied embeddings), "gpt2-medium" the 350M one.
@@ -36,6 +36,8 @@ class GPT(nn.Module):
     activation: str = "gelu"  # or "swiglu"
     tie_embeddings: bool = True
     use_bias: bool = True
+    norm_epsilon: float = 1e-5  # GPT-2's LayerNorm epsilon
+    remat: bool = False  # recompute each block's activations in the backward pass
     decode: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
@@ -71,16 +73,17 @@ class GPT(nn.Module):
             x = x + position_embedding(offset + jnp.arange(length))[None]
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
 
+        block = block_class(self.remat)
         for i in range(self.num_layers):
-            x = Block(
+            x = block(
                 self.num_heads, self.embed_dim // self.num_heads, self.mlp_ratio * self.embed_dim,
                 num_kv_heads=self.num_kv_heads, activation=self.activation, dropout=self.dropout,
-                use_rotary=self.positions == "rotary", use_bias=self.use_bias,
+                use_rotary=self.positions == "rotary", use_bias=self.use_bias, norm_epsilon=self.norm_epsilon,
                 # GPT-2 scales the projections into the residual stream by 1/sqrt(number of residual layers).
                 out_init_std=INIT_STD / math.sqrt(2 * self.num_layers),
                 decode=self.decode, dtype=self.dtype, param_dtype=self.param_dtype, name=f"block_{i}",
-            )(x, causal=True, train=train)
-        x = layer_norm(self.dtype, self.param_dtype, "final_norm")(x)
+            )(x, None, None, True, train)  # mask, padding_mask, causal, train
+        x = layer_norm(self.dtype, self.param_dtype, "final_norm", self.norm_epsilon)(x)
 
         if self.tie_embeddings:
             logits = token_embedding.attend(x)  # x @ token_embedding.T

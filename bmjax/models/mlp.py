@@ -27,14 +27,18 @@ class MLP(nn.Module):
     hidden_sizes: Sequence[int] = (128,)
     activation: str = "relu"
     dropout: float = 0.0
+    remat: bool = False  # recompute each hidden layer's output in the backward pass
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         x = x.reshape(x.shape[0], -1)
-        for width in self.hidden_sizes:
-            x = nn.Dense(width, kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        dense = nn.remat(nn.Dense) if self.remat else nn.Dense  # named alike either way, so checkpoints fit both
+        for i, width in enumerate(self.hidden_sizes):
+            x = dense(width, kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name=f"Dense_{i}")(x)
             x = ACTIVATIONS[self.activation](x)
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_outputs, kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return nn.Dense(self.num_outputs, kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name=f"Dense_{len(self.hidden_sizes)}")(x)

@@ -21,8 +21,8 @@ def partitioned(init, names: tuple):
     return nn.with_logical_partitioning(init, names)
 
 
-def layer_norm(dtype, param_dtype, name=None) -> nn.LayerNorm:
-    return nn.LayerNorm(dtype=dtype, param_dtype=param_dtype, name=name,
+def layer_norm(dtype, param_dtype, name=None, epsilon: float = 1e-5) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name,
                         scale_init=partitioned(nn.initializers.ones, ("embed",)),
                         bias_init=partitioned(nn.initializers.zeros, ("embed",)))
 
@@ -74,6 +74,7 @@ class MultiHeadAttention(nn.Module):
     use_rotary: bool = False
     rotary_base: float = 10000.0
     use_bias: bool = True
+    scale_queries: bool = True  # by head_dim ** -0.5 (T5 folds that scale into its initialisation instead)
     out_init_std: float = INIT_STD  # GPT-2 scales the residual projections down with depth
     decode: bool = False
     dtype: jnp.dtype = jnp.float32
@@ -86,16 +87,25 @@ class MultiHeadAttention(nn.Module):
             bias_init=partitioned(nn.initializers.zeros, (head_axis, "kv")), name=name)
 
     @nn.compact
-    def __call__(self, x, *, mask=None, causal: bool = False, padding_mask=None, train: bool = False):
-        """x [batch, len, embed] -> [batch, len, embed]. `mask` [batch, 1, len, kv_len], True = attend."""
+    def __call__(self, x, *, context=None, mask=None, causal: bool = False, padding_mask=None, bias=None,
+                 train: bool = False):
+        """x [batch, len, embed] -> [batch, len, embed].
+
+        `context` [batch, kv_len, embed]: attend to it (cross-attention) instead of to `x`.
+        `mask` [batch, 1, len, kv_len], True = attend. `bias` [batch or 1, heads, len, kv_len] is added to the
+        scores (T5's relative position bias).
+        """
         _, length, embed_dim = x.shape
         num_kv_heads = self.num_kv_heads or self.num_heads
         if self.num_heads % num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+        if context is not None and self.decode:
+            raise ValueError("cross-attention keeps no cache: build it with decode=False")
+        source = x if context is None else context
 
         query = self.projection(self.num_heads, "heads", "query")(x)  # [batch, len, heads, head_dim]
-        key = self.projection(num_kv_heads, "kv_heads", "key")(x)  # [batch, len, kv_heads, head_dim]
-        value = self.projection(num_kv_heads, "kv_heads", "value")(x)
+        key = self.projection(num_kv_heads, "kv_heads", "key")(source)  # [batch, kv_len, kv_heads, head_dim]
+        value = self.projection(num_kv_heads, "kv_heads", "value")(source)
 
         offset = 0  # absolute position of the first query
         if self.decode:
@@ -127,8 +137,12 @@ class MultiHeadAttention(nn.Module):
         repeats = self.num_heads // num_kv_heads
         key, value = jnp.repeat(key, repeats, axis=2), jnp.repeat(value, repeats, axis=2)
 
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query * self.head_dim ** -0.5, key)
+        if self.scale_queries:
+            query = query * self.head_dim ** -0.5
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key)
         scores = scores.astype(jnp.float32)  # softmax in float32 whatever the compute dtype
+        if bias is not None:
+            scores = scores + bias.astype(jnp.float32)
         if mask is not None:
             scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
@@ -141,8 +155,15 @@ class MultiHeadAttention(nn.Module):
             bias_init=partitioned(nn.initializers.zeros, ("embed",)), name="out")(out)
 
 
+# The MLP's activations: plain ones act on one projection, gated ones multiply act(x W_gate) by x W_up.
+ACTIVATIONS = {"gelu": nn.gelu,  # tanh approximation, as GPT-2
+               "gelu_exact": lambda x: nn.gelu(x, approximate=False),  # erf, as BERT and ViT
+               "relu": nn.relu}  # T5
+GATED_ACTIVATIONS = {"swiglu": nn.silu, "geglu": nn.gelu}
+
+
 class MLP(nn.Module):
-    """Dense(hidden) -> GELU -> Dense(embed), or SwiGLU: Dense(silu(x W_gate) * (x W_up)) with `activation="swiglu"`."""
+    """Dense(hidden) -> activation -> Dense(embed); gated activations (swiglu, geglu) add a gate projection."""
 
     hidden_dim: int
     activation: str = "gelu"
@@ -158,18 +179,26 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        if self.activation == "gelu":
-            hidden = nn.gelu(self.dense(self.hidden_dim, ("embed", "mlp"), INIT_STD, "up")(x))
-        elif self.activation == "swiglu":
+        up = lambda: self.dense(self.hidden_dim, ("embed", "mlp"), INIT_STD, "up")(x)
+        if self.activation in ACTIVATIONS:
+            hidden = ACTIVATIONS[self.activation](up())
+        elif self.activation in GATED_ACTIVATIONS:
             gate = self.dense(self.hidden_dim, ("embed", "mlp"), INIT_STD, "gate")(x)
-            hidden = nn.silu(gate) * self.dense(self.hidden_dim, ("embed", "mlp"), INIT_STD, "up")(x)
+            hidden = GATED_ACTIVATIONS[self.activation](gate) * up()
         else:
-            raise ValueError(f"unknown activation {self.activation!r}; choose 'gelu' or 'swiglu'")
+            raise ValueError(f"unknown activation {self.activation!r}; choose one of "
+                             f"{', '.join(list(ACTIVATIONS) + list(GATED_ACTIVATIONS))}")
         return self.dense(x.shape[-1], ("mlp", "embed"), self.out_init_std, "down")(hidden)
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm residual block: x + dropout(attention(LN(x))), then x + dropout(mlp(LN(x)))."""
+    """A residual attention + MLP block.
+
+    Pre-LayerNorm (GPT-2, ViT): x + dropout(attention(LN(x))), then x + dropout(mlp(LN(x))).
+    Post-LayerNorm (`post_norm=True`, BERT): LN(x + dropout(attention(x))), then LN(x + dropout(mlp(x))).
+    Call it positionally, `block(x, mask, padding_mask, causal, train)`, so that `remat` can hold `causal`
+    and `train` static.
+    """
 
     num_heads: int
     head_dim: int
@@ -179,13 +208,15 @@ class Block(nn.Module):
     dropout: float = 0.0
     use_rotary: bool = False
     use_bias: bool = True
+    post_norm: bool = False
+    norm_epsilon: float = 1e-5
     out_init_std: float = INIT_STD
     decode: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, *, mask=None, causal: bool = False, padding_mask=None, train: bool = False):
+    def __call__(self, x, mask=None, padding_mask=None, causal: bool = False, train: bool = False):
         attention = MultiHeadAttention(
             self.num_heads, self.head_dim, self.num_kv_heads, dropout=self.dropout, use_rotary=self.use_rotary,
             use_bias=self.use_bias, out_init_std=self.out_init_std, decode=self.decode, dtype=self.dtype,
@@ -193,9 +224,17 @@ class Block(nn.Module):
         mlp = MLP(self.mlp_dim, self.activation, use_bias=self.use_bias, out_init_std=self.out_init_std,
                   dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")
         residual_dropout = nn.Dropout(self.dropout, deterministic=not train)
+        norm = lambda name: layer_norm(self.dtype, self.param_dtype, name, self.norm_epsilon)
+        attend = lambda h: attention(h, mask=mask, causal=causal, padding_mask=padding_mask, train=train)
 
-        h = attention(layer_norm(self.dtype, self.param_dtype, "attention_norm")(x), mask=mask, causal=causal,
-                      padding_mask=padding_mask, train=train)
-        x = x + residual_dropout(h)
-        h = mlp(layer_norm(self.dtype, self.param_dtype, "mlp_norm")(x))
-        return x + residual_dropout(h)
+        if self.post_norm:
+            x = norm("attention_norm")(x + residual_dropout(attend(x)))
+            return norm("mlp_norm")(x + residual_dropout(mlp(x)))
+        x = x + residual_dropout(attend(norm("attention_norm")(x)))
+        return x + residual_dropout(mlp(norm("mlp_norm")(x)))
+
+
+def block_class(remat: bool) -> type[Block]:
+    """`Block`, or with `remat` a Block whose activations are recomputed in the backward pass instead of kept
+    (less memory, about a third more compute)."""
+    return nn.remat(Block, static_argnums=(4, 5)) if remat else Block
