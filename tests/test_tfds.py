@@ -54,10 +54,20 @@ def test_images_are_left_alone_by_normalisation(tmp_path, monkeypatch):
     np.testing.assert_array_equal(scaled.train.x, raw.train.x)
 
 
-def test_datasets_without_numeric_inputs_are_refused(tmp_path, monkeypatch):
+def test_text_datasets_are_read_as_token_ids(tmp_path, monkeypatch):
     monkeypatch.setattr(tfds_source, "_any_host_reachable", lambda urls: True)
-    with mock_mnist(), pytest.raises(UsageError, match="imdb_reviews's input 'text' is Text.*not a fixed-shape"):
-        data.load("imdb_reviews", data_dir=str(tmp_path))
+    with mock_mnist():
+        reviews = data.load("imdb_reviews", data_dir=str(tmp_path), block_size=32, validation_split=0.25)
+        packed = data.load("imdb_reviews", data_dir=str(tmp_path), block_size=32, task="masked_lm")
+    assert reviews.info.task == "classification" and reviews.info.class_names == ("neg", "pos")
+    assert reviews.info.feature_shape == (32,) and reviews.info.vocab_size == reviews.tokenizer.vocab_size
+    assert (len(reviews.train), len(reviews.validation), len(reviews.test)) == (30, 10, 40)
+    assert reviews.train.x.shape == (30, 32) and reviews.train.x.dtype == np.int32
+    assert np.all(reviews.train.x[:, 0] == reviews.tokenizer.cls_id) and set(np.unique(reviews.test.y)) <= {0, 1}
+    assert packed.info.task == "masked_lm" and packed.validation is None
+    assert np.sum(packed.train.x["tokens"] == packed.tokenizer.cls_id) == 40, "every review packed once"
+    with mock_mnist(), pytest.raises(UsageError, match="--task=language_model does not fit imdb_reviews"):
+        data.load("imdb_reviews", data_dir=str(tmp_path), block_size=32, task="language_model")
 
 
 @pytest.fixture(scope="module")

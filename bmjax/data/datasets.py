@@ -4,20 +4,24 @@ from typing import Optional
 
 import numpy as np
 
-from bmjax.data import local, preprocess, text, tfds_source
+from bmjax.data import local, preprocess, sst2, text, tfds_source
 from bmjax.data.local import NAMES
-from bmjax.data.sources import ArraySource, Dataset, MappedSource, Source, SubsetSource
+from bmjax.data.sources import VALIDATION_SEED, ArraySource, Dataset, MappedSource, Source, SubsetSource
 from bmjax.errors import UsageError
 
-VALIDATION_SEED = 0  # fixed, not the run's seed: every run of a dataset holds out the same examples
+TEXT_ONLY_TASKS = ("language_model", "masked_lm", "seq2seq")
 
 
 def load(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
          validation_split: Optional[float] = None, normalize: str = "none", seed: int = 0,
          synthetic_examples: int = 1000, synthetic_features: int = 10, synthetic_classes: int = 2,
-         in_memory: bool = True, block_size: Optional[int] = None) -> Dataset:
+         in_memory: bool = True, block_size: Optional[int] = None, task: str = "auto",
+         tokenizer: Optional[str] = None, vocab_size: int = 8000) -> Dataset:
     """The dataset `name` with train/validation/test splits; normalisation fitted on train alone.
 
+    Text sets (tiny_shakespeare, sst2, any TFDS dataset with a Text feature) come in the form `task` asks
+    for, tokenized by `tokenizer` ("char", "sentencepiece" with up to `vocab_size` pieces, or a saved file's
+    path; None takes char for a corpus, sentencepiece for sentences), `block_size` tokens an example.
     `seed` is accepted for symmetry with the runner: splits are fixed per dataset.
     """
     del seed
@@ -27,8 +31,19 @@ def load(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str]
     if validation_split is not None and not 0 < validation_split < 1:
         raise UsageError(f"--validation_split must lie in (0, 1), got {validation_split}; e.g. 0.1 holds out "
                          "a tenth of the training split")
-    if name in text.TEXT_DATASETS:  # next-token windows of `block_size`; the splits are the corpus's own
-        return text.load(name, block_size=block_size, data_dir=data_dir, manual_dir=manual_dir)
+    if name in text.TEXT_DATASETS:  # windows of `block_size`; the splits are the corpus's own
+        return text.load(name, block_size=block_size, data_dir=data_dir, manual_dir=manual_dir, task=task,
+                         tokenizer=tokenizer, vocab_size=vocab_size)
+    text_options = dict(data_dir=data_dir, manual_dir=manual_dir, validation_split=validation_split, task=task,
+                        tokenizer=tokenizer, vocab_size=vocab_size, block_size=block_size)
+    if name == sst2.NAME:
+        return sst2.load(name, **text_options)
+    if name not in NAMES and sst2.is_text_dataset(tfds_source.builder(name, data_dir)):
+        return sst2.load(name, **text_options)
+    if task in TEXT_ONLY_TASKS or tokenizer is not None:
+        what = f"--task={task}" if task in TEXT_ONLY_TASKS else "--tokenizer"
+        raise UsageError(f"{what} needs a text dataset, and {name} is not one; use tiny_shakespeare, sst2 or a "
+                         "TFDS dataset with a Text feature")
     if name in NAMES:
         info, train, test = local.load(name, data_dir=data_dir, synthetic_examples=synthetic_examples,
                                        synthetic_features=synthetic_features, synthetic_classes=synthetic_classes)
@@ -47,6 +62,9 @@ def prepare(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[s
     """Prepares TFDS dataset `name` (offline from `manual_dir` if given); returns the folder it is in."""
     if name in NAMES:
         raise UsageError(f"{name} is one of bmjax's own datasets and needs no preparation; load it directly")
+    if name == sst2.NAME:
+        raise UsageError(f"sst2 is read directly from --manual_dir=DIR holding {', '.join(sst2.FILES.values())} "
+                         "and needs no preparation; load it directly")
     return tfds_source.prepare(name, data_dir=data_dir, manual_dir=manual_dir).data_dir
 
 
@@ -62,7 +80,7 @@ def carve_validation(train: Source, fraction: float) -> tuple[Source, Source]:
 
 def _subset(source: Source, rows: np.ndarray) -> Source:
     if isinstance(source, ArraySource):  # a copy keeps the in-memory fast path
-        return ArraySource(source.x[rows], source.y[rows])
+        return source.rows(rows)
     return SubsetSource(source, rows)  # an index remap: nothing read
 
 

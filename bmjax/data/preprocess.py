@@ -1,5 +1,6 @@
 """Preprocessing: feature scaling fitted on the training split only, one-hot labels, images to floats."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -35,7 +36,6 @@ def one_hot(labels, num_classes: int) -> np.ndarray:
 
 
 def to_float(x):
-    """Model inputs as floats: uint8 images scaled to [0, 1], float features unchanged (jittable)."""
-    if x.dtype == jnp.uint8:
-        return x.astype(jnp.float32) / 255.0
-    return x
+    """Model inputs (an array or a dict of them) with uint8 images scaled to [0, 1] floats; other arrays (float
+    features, token ids) unchanged (jittable)."""
+    return jax.tree.map(lambda a: a.astype(jnp.float32) / 255.0 if a.dtype == jnp.uint8 else a, x)

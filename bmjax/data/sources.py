@@ -3,17 +3,21 @@
 import dataclasses
 from typing import Callable, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+VALIDATION_SEED = 0  # fixed, not the run's seed: every run of a dataset holds out the same examples
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    task: str  # "classification", "regression" or "language_model"
-    feature_shape: tuple[int, ...]
-    num_classes: Optional[int]  # None for regression; the vocabulary size of a language model
+    task: str  # "classification", "regression", "language_model", "masked_lm" or "seq2seq"
+    feature_shape: tuple[int, ...]  # of one example's x; of its token ids where x is a dict of id arrays
+    num_classes: Optional[int]  # None for regression; the vocabulary size where a model outputs tokens
     class_names: Optional[tuple[str, ...]]
+    vocab_size: Optional[int] = None  # text: the tokenizer's vocabulary size
 
 
 class Source:
@@ -27,18 +31,23 @@ class Source:
 
 
 class ArraySource(Source):
-    """A split held in memory as numpy arrays."""
+    """A split held in memory as numpy arrays; `x` may be a dict of arrays with one row per example."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
-        if len(x) != len(y):
-            raise ValueError(f"{len(x)} features but {len(y)} labels")
+    def __init__(self, x, y: np.ndarray):
+        lengths = {len(leaf) for leaf in jax.tree.leaves(x)}
+        if lengths != {len(y)}:
+            raise ValueError(f"{sorted(lengths)} feature rows but {len(y)} labels")
         self.x, self.y = x, y
 
     def __len__(self):
-        return len(self.x)
+        return len(self.y)
 
     def __getitem__(self, indices):
-        return {"x": self.x[indices], "y": self.y[indices]}
+        return {"x": jax.tree.map(lambda leaf: leaf[indices], self.x), "y": self.y[indices]}
+
+    def rows(self, indices: np.ndarray) -> "ArraySource":
+        """A copy holding rows `indices` (of every leaf of x)."""
+        return ArraySource(jax.tree.map(lambda leaf: leaf[indices], self.x), self.y[indices])
 
     def device_arrays(self) -> dict:
         """What the devices hold when the split lives there; `gather` reads batches from it."""
@@ -47,7 +56,7 @@ class ArraySource(Source):
     @staticmethod
     def gather(arrays: dict, indices):
         """Rows `indices` as a batch, on the device (jittable)."""
-        return {k: jnp.take(v, indices, axis=0) for k, v in arrays.items()}
+        return jax.tree.map(lambda leaf: jnp.take(leaf, indices, axis=0), arrays)
 
 
 class SubsetSource(Source):
