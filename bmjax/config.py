@@ -6,6 +6,7 @@ the field's metadata, defined once here for the fields every experiment shares.
 """
 
 import dataclasses
+import re
 from typing import Any, Optional
 
 from bmjax.errors import UsageError
@@ -20,7 +21,8 @@ def field(default: Any, help: str, choices: Optional[tuple[str, ...]] = None):
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 STRATEGIES = ("auto", "single", "pmap", "mesh")
-TASKS = ("auto", "classification", "binary", "regression", "language_model")
+TASKS = ("auto", "classification", "binary", "regression", "language_model", "masked_lm", "seq2seq")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,12 @@ class Config:
     synthetic_classes: int = field(2, "Classes of the `synthetic` dataset.")
     block_size: Optional[int] = field(None, "Tokens per example of a text dataset (and positions of a sequence "
                                             "model).")
+    tokenizer: Optional[str] = field(None, "Tokenizer of a text dataset: char, sentencepiece (trained on the training "
+                                           "split), or a saved tokenizer file (default: the dataset's own choice, or "
+                                           "the one saved with --restore_from's run).")
+    vocab_size: int = field(8000, "Vocabulary size of a trained subword tokenizer.")
+    mask_rate: float = field(0.15, "Share of the tokens masked-LM pretraining corrupts (80% [MASK], 10% random, "
+                                   "10% kept).")
     data_placement: str = field("auto", "Keep the dataset in device memory and run many steps per call "
                                         "(device), read batches from the host (host), or device when it fits "
                                         "and there is one process (auto).", ("auto", "device", "host"))
@@ -58,11 +66,17 @@ class Config:
     conv_features: tuple[int, ...] = field((32, 64), "Filters of each conv/max-pool stage of the CNN.")
     kernel_size: int = field(3, "Convolution kernel size.")
     conv_padding: str = field("VALID", "Convolution padding.", ("VALID", "SAME"))
+    dtype: str = field("float32", "Compute dtype of the model (parameters and optimizer state stay float32): "
+                                  "bfloat16 for mixed precision.", DTYPES)
+    remat: bool = field(False, "Recompute activations in the backward pass instead of storing them (less memory, "
+                               "about a third more compute).")
 
     # Optimisation.
     epochs: int = field(10, "Passes over the training split.")
     train_steps: Optional[int] = field(None, "Total optimizer steps; overrides --epochs.")
     batch_size: int = field(64, "Global batch size, split over all devices.")
+    grad_accum_steps: int = field(1, "Split each batch into this many micro-batches whose gradients are added up "
+                                     "before one update (the same update as one big batch, in less memory).")
     eval_batch_size: int = field(1024, "Global batch size for evaluation.")
     learning_rate: float = field(1e-3, "Peak learning rate.")
     optimizer: str = field("adam", "Optimizer.", OPTIMIZERS)
@@ -79,11 +93,15 @@ class Config:
     clip_grad_norm: Optional[float] = field(None, "Clip gradients to this global norm.")
     l1: float = field(0.0, "L1 regularisation of the weight matrices, added to the loss.")
     l2: float = field(0.0, "L2 regularisation of the weight matrices, added to the loss.")
+    freeze: Optional[str] = field(None, "Regular expression over parameter paths (e.g. 'bert/' or "
+                                        "'block_[01]/'): matching parameters are not trained.")
     seed: int = field(0, "Seed of initialisation, dropout and data order.")
 
     # Devices and hosts.
     parallel: str = field("auto", "single: jit on one device; pmap: replicated over local devices; mesh: jit "
                                   "on a device mesh; auto: mesh over all devices.", STRATEGIES)
+    mesh: Optional[str] = field(None, "Mesh axes and sizes for --parallel=mesh, e.g. data:2,fsdp:2,tensor:2 "
+                                      "(default: data over every device).")
     host_devices: Optional[int] = field(None, "Simulate this many CPU devices (before JAX starts).")
     coordinator_address: Optional[str] = field(None, "host:port of process 0, for multi-host runs.")
     num_processes: Optional[int] = field(None, "Number of processes in a multi-host run.")
@@ -104,7 +122,8 @@ class Config:
         if not self.workdir:
             raise UsageError("--workdir is required: pass --workdir=DIR, a directory for this run's outputs")
         positive = ["epochs", "batch_size", "eval_batch_size", "learning_rate", "log_every_steps",
-                    "keep_checkpoints", "synthetic_examples", "synthetic_features", "kernel_size"]
+                    "keep_checkpoints", "synthetic_examples", "synthetic_features", "kernel_size",
+                    "grad_accum_steps", "vocab_size"]
         positive_if_set = ["train_steps", "eval_every_steps", "checkpoint_every_steps", "clip_grad_norm",
                            "host_devices", "num_processes", "block_size"]
         for name in positive + [n for n in positive_if_set if getattr(self, n) is not None]:
@@ -114,6 +133,8 @@ class Config:
         if self.validation_split is not None and not 0 < self.validation_split < 1:
             raise UsageError(f"--validation_split must lie in (0, 1), got {self.validation_split}; "
                              "leave it unset for no validation split")
+        if not 0 < self.mask_rate < 1:
+            raise UsageError(f"--mask_rate must lie in (0, 1), got {self.mask_rate}")
         if not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout must lie in [0, 1), got {self.dropout}")
         for name in ("weight_decay", "l1", "l2", "warmup_steps", "momentum", "steps_per_call", "min_learning_rate"):
@@ -123,6 +144,15 @@ class Config:
             raise UsageError(f"--synthetic_classes must be at least 2, got {self.synthetic_classes}")
         if any(w <= 0 for w in self.hidden_sizes + self.conv_features):
             raise UsageError("--hidden_sizes and --conv_features must be positive integers")
+        if self.batch_size % self.grad_accum_steps:
+            raise UsageError(f"--batch_size={self.batch_size} does not split into --grad_accum_steps="
+                             f"{self.grad_accum_steps} micro-batches; use a multiple of {self.grad_accum_steps}")
+        if self.freeze is not None:
+            try:
+                re.compile(self.freeze)
+            except re.error as e:
+                raise UsageError(f"--freeze={self.freeze!r} is not a regular expression ({e}); e.g. --freeze=bert/") \
+                    from None
         multihost = (self.coordinator_address, self.num_processes, self.process_id)
         if any(v is not None for v in multihost) and any(v is None for v in multihost):
             raise UsageError("a multi-host run needs all of --coordinator_address, --num_processes and "

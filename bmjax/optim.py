@@ -1,5 +1,7 @@
 """Optimizers and learning-rate schedules from a config, through optax."""
 
+import re
+
 import jax
 import optax
 
@@ -28,8 +30,20 @@ def weight_matrices(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def frozen(config: Config, params):
+    """Mask of the parameters --freeze names (a regular expression searched in each 'a/b/kernel' path)."""
+    path = lambda keys: "/".join(str(getattr(k, "key", k)) for k in keys)
+    return jax.tree_util.tree_map_with_path(
+        lambda keys, _: bool(config.freeze) and re.search(config.freeze, path(keys)) is not None, params)
+
+
+def trainable_count(config: Config, params) -> int:
+    return sum(p.size for p, is_frozen in zip(jax.tree.leaves(params), jax.tree.leaves(frozen(config, params)))
+               if not is_frozen)
+
+
 def create(config: Config, total_steps: int) -> optax.GradientTransformation:
-    """Clipping, the optimizer, and weight decay, chained as the config says."""
+    """Clipping, the optimizer, and weight decay, chained as the config says; --freeze'd parameters stay put."""
     lr = schedule(config, total_steps)
     decay = config.weight_decay
     if config.optimizer == "adamw":
@@ -44,4 +58,7 @@ def create(config: Config, total_steps: int) -> optax.GradientTransformation:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     if config.clip_grad_norm:
         optimizer = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), optimizer)
+    if config.freeze:
+        labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "trained", frozen(config, params))
+        optimizer = optax.multi_transform({"trained": optimizer, "frozen": optax.set_to_zero()}, labels)
     return optimizer

@@ -1,8 +1,12 @@
 """Tasks: what a model's outputs are scored against, as a loss and as metric sums.
 
-A task's `loss` gives one value per example; `metric_sums` gives sums that add
-across batches and devices (so the compiled step can `psum` them), and
-`summarize` turns accumulated sums into numbers on the host.
+A task's `loss` gives, per example, a loss sum and the weight it carries (1 for
+an example; its number of scored tokens for a sequence), so that a batch's loss is
+sum(losses) / sum(weights) however the batch is split over devices or
+micro-batches. `metric_sums` gives sums that add across batches and devices
+(the compiled step can `psum` them), and `summarize` turns accumulated sums into
+numbers on the host. `prepare` changes a batch on the device before the model
+sees it (masked-LM corruption); it is the identity elsewhere.
 """
 
 from typing import Optional, Sequence
@@ -15,7 +19,12 @@ from bmjax.data import Dataset
 from bmjax.errors import UsageError
 
 
-class Classification:
+class Task:
+    def prepare(self, batch: dict, rng) -> dict:
+        return batch
+
+
+class Classification(Task):
     """Softmax cross-entropy over `num_classes` logits."""
 
     def __init__(self, num_classes: int, class_names: Optional[Sequence[str]] = None):
@@ -24,18 +33,19 @@ class Classification:
         self.class_names = tuple(class_names) if class_names else None
 
     def loss(self, outputs, labels):
-        return losses.softmax_cross_entropy(outputs, labels)
+        per_example = losses.softmax_cross_entropy(outputs, labels)
+        return per_example, jnp.ones_like(per_example)
 
     def predictions(self, outputs):
         return jnp.argmax(outputs, axis=-1)
 
-    def metric_sums(self, outputs, labels, per_example_loss, weights):
+    def metric_sums(self, outputs, labels, example_losses, weights, mask):
         if labels.ndim == outputs.ndim:  # one-hot or soft labels
             labels = jnp.argmax(labels, axis=-1)
         return {
-            "loss": jnp.sum(per_example_loss * weights),
-            "count": jnp.sum(weights),
-            "confusion": metrics.confusion_matrix(labels, self.predictions(outputs), self.num_classes, weights),
+            "loss": jnp.sum(example_losses * mask),
+            "count": jnp.sum(mask),
+            "confusion": metrics.confusion_matrix(labels, self.predictions(outputs), self.num_classes, mask),
         }
 
     def summarize(self, sums, detailed: bool = False) -> dict:
@@ -57,13 +67,14 @@ class Binary(Classification):
         self.num_outputs = 1
 
     def loss(self, outputs, labels):
-        return losses.sigmoid_binary_cross_entropy(outputs, labels)
+        per_example = losses.sigmoid_binary_cross_entropy(outputs, labels)
+        return per_example, jnp.ones_like(per_example)
 
     def predictions(self, outputs):
         return (outputs.reshape(outputs.shape[0]) > 0).astype(jnp.int32)
 
 
-class Regression:
+class Regression(Task):
     """Squared error against targets standardised with the training split's mean and std.
 
     The model predicts standardised targets (so no layer must learn their scale);
@@ -75,39 +86,76 @@ class Regression:
         self.num_outputs = num_outputs
 
     def loss(self, outputs, targets):
-        return losses.squared_error(outputs, (targets - self.target_mean) / self.target_std)
+        per_example = losses.squared_error(outputs, (targets - self.target_mean) / self.target_std)
+        return per_example, jnp.ones_like(per_example)
 
-    def metric_sums(self, outputs, targets, per_example_loss, weights):
+    def metric_sums(self, outputs, targets, example_losses, weights, mask):
         # Centred on the training mean, so that float32 sums of squares keep R²'s precision.
         centred_predictions = outputs * self.target_std
-        sums = metrics.regression_sums(centred_predictions, targets - self.target_mean, weights)
-        return {"loss": jnp.sum(per_example_loss * weights), "examples": jnp.sum(weights), **sums}
+        sums = metrics.regression_sums(centred_predictions, targets - self.target_mean, mask)
+        return {"loss": jnp.sum(example_losses * mask), "examples": jnp.sum(mask), **sums}
 
     def summarize(self, sums, detailed: bool = False) -> dict:
         summary = metrics.regression_summary({k: np.float64(v) for k, v in sums.items()})
         return {"loss": float(sums["loss"] / sums["examples"]), **summary}
 
 
-class LanguageModel:
-    """Next-token cross-entropy over every position; reported as loss, token accuracy and perplexity."""
+class TokenPrediction(Task):
+    """Cross-entropy at every scored token: next-token language modelling, masked-LM pretraining, text-to-text.
 
-    def __init__(self, vocab_size: int):
+    The targets `y` are token ids [batch, len]. Tokens equal to `pad_id` are not scored. With `masking`
+    (masked LM), `prepare` corrupts the input tokens and scores only the corrupted positions. Reported as
+    loss per token, token accuracy and perplexity; with `exact_match`, also the share of sequences whose
+    scored tokens are all right (for text-to-text, the accuracy of greedy decoding).
+    """
+
+    def __init__(self, vocab_size: int, pad_id: Optional[int] = None, masking: Optional[dict] = None,
+                 exact_match: bool = False):
         self.num_outputs = vocab_size
+        self.pad_id, self.masking, self.exact_match = pad_id, masking, exact_match
 
-    def loss(self, logits, tokens):
-        return jnp.mean(losses.softmax_cross_entropy(logits, tokens), axis=-1)  # one value per sequence
+    def prepare(self, batch, rng):
+        if not self.masking:
+            return batch
+        from bmjax.data.text import mask_tokens
 
-    def metric_sums(self, logits, tokens, per_example_loss, weights):
-        correct = jnp.mean(jnp.argmax(logits, axis=-1) == tokens, axis=-1)
-        return {"loss": jnp.sum(per_example_loss * weights), "count": jnp.sum(weights),
-                "correct": jnp.sum(correct * weights)}
+        x = batch["x"]
+        tokens = x["tokens"] if isinstance(x, dict) else x
+        masked, weights = mask_tokens(tokens, rng, vocab_size=self.num_outputs, **self.masking)
+        x = {**x, "tokens": masked} if isinstance(x, dict) else masked
+        return {**batch, "x": x, "y": {"targets": tokens, "weights": weights}}
+
+    def _targets_and_weights(self, y):
+        if isinstance(y, dict):
+            return y["targets"], y["weights"]
+        if self.pad_id is None:
+            return y, jnp.ones(y.shape, jnp.float32)
+        return y, (y != self.pad_id).astype(jnp.float32)
+
+    def loss(self, logits, y):
+        targets, weights = self._targets_and_weights(y)
+        per_token = losses.softmax_cross_entropy(logits, targets)
+        return jnp.sum(per_token * weights, axis=-1), jnp.sum(weights, axis=-1)
+
+    def metric_sums(self, logits, y, example_losses, weights, mask):
+        targets, token_weights = self._targets_and_weights(y)
+        right = (jnp.argmax(logits, axis=-1) == targets) * token_weights
+        sums = {"loss": jnp.sum(example_losses * mask), "count": jnp.sum(weights * mask),
+                "correct": jnp.sum(jnp.sum(right, axis=-1) * mask)}
+        if self.exact_match:
+            all_right = jnp.all(right == token_weights, axis=-1)
+            sums.update(sequences=jnp.sum(mask), exact=jnp.sum(all_right * mask))
+        return sums
 
     def summarize(self, sums, detailed: bool = False) -> dict:
         loss = float(sums["loss"] / sums["count"])
-        return {"loss": loss, "accuracy": float(sums["correct"] / sums["count"]), "perplexity": float(np.exp(loss))}
+        result = {"loss": loss, "accuracy": float(sums["correct"] / sums["count"]), "perplexity": float(np.exp(loss))}
+        if self.exact_match:
+            result["exact_match"] = float(sums["exact"] / sums["sequences"])
+        return result
 
 
-def create(name: str, dataset: Dataset):
+def create(name: str, dataset: Dataset, mask_rate: float = 0.15):
     """The task `name` ('auto' follows the dataset) for a dataset."""
     info = dataset.info
     if name == "auto":
@@ -122,14 +170,22 @@ def create(name: str, dataset: Dataset):
             raise UsageError(f"--task=binary needs two classes; {info.name} has {info.num_classes} "
                              "(use --task=classification)")
         return Binary(info.class_names)
-    if name == "language_model":
-        if info.task != "language_model":
-            raise UsageError(f"--task=language_model needs a text dataset; {info.name} is a {info.task} dataset")
-        return LanguageModel(info.num_classes)
+    if name in ("language_model", "masked_lm", "seq2seq"):
+        if info.task != name:
+            raise UsageError(f"--task={name} needs text read for it; {info.name} was read as a {info.task} dataset")
+        vocab_size = info.vocab_size or info.num_classes
+        if name == "language_model":
+            return TokenPrediction(vocab_size)
+        tokenizer = dataset.tokenizer
+        if name == "seq2seq":
+            return TokenPrediction(vocab_size, pad_id=tokenizer.pad_id, exact_match=True)
+        masking = dict(mask_id=tokenizer.mask_id, special_ids=tuple(tokenizer.special_ids), rate=mask_rate)
+        return TokenPrediction(vocab_size, pad_id=tokenizer.pad_id, masking=masking)
     if name == "regression":
         if info.task != "regression":
             raise UsageError(f"--task=regression needs a regression dataset; {info.name} is a classification "
                              "dataset")
         targets = dataset.train[np.arange(min(len(dataset.train), 100_000))]["y"]
         return Regression(np.mean(targets), np.std(targets))
-    raise UsageError(f"unknown task {name!r}; choose auto, classification, binary, regression or language_model")
+    raise UsageError(f"unknown task {name!r}; choose auto, classification, binary, regression, language_model, "
+                     "masked_lm or seq2seq")

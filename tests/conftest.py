@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -35,3 +37,15 @@ def read_metrics(workdir, split="train") -> list[dict]:
     with open(Path(workdir) / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     return [r for r in records if r["split"] == split]
+
+
+@pytest.fixture(scope="session")
+def shakespeare_dir(tmp_path_factory) -> str:
+    """A TFDS data_dir with tiny_shakespeare prepared offline from the genuine file in ../shared/data."""
+    raw = SHARED_DATA / "tiny_shakespeare"
+    if not raw.is_dir():
+        pytest.skip(f"genuine Tiny Shakespeare not found: {raw}")
+    data_dir = tmp_path_factory.mktemp("tfds")
+    out = run_module("bmjax.data", "prepare", "tiny_shakespeare", f"--manual_dir={raw}", f"--data_dir={data_dir}")
+    assert out.returncode == 0, out.stderr
+    return str(data_dir)

@@ -1,8 +1,5 @@
 """Each experiment end to end in a smoke configuration, and what it leaves in --workdir."""
 
-import json
-from pathlib import Path
-
 import pytest
 from conftest import read_metrics, read_result, run_module
 

@@ -1,12 +1,10 @@
-"""Language-model data, and the GPT experiment end to end: train, resume-free report, sample."""
+"""Language-model data, and the GPT experiment end to end: train, then sample."""
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, read_metrics, read_result, run_module
+from conftest import read_metrics, read_result, run_module
 
 from bmjax.data.text import CharTokenizer, WindowSource
-
-SHAKESPEARE = SHARED_DATA / "tiny_shakespeare"
 
 
 def test_char_tokenizer_round_trip():
@@ -29,17 +27,6 @@ def test_windows_on_host_and_device_agree():
         np.testing.assert_array_equal(host["y"], host["x"] + 1)
         assert host["x"][-1, -1] + 1 <= 99, "the last window's target stays inside the text"
     assert len(WindowSource(tokens, 8, 8)) == 12  # starts 0, 8, ..., 88: the last reads tokens 88..96
-
-
-@pytest.fixture(scope="module")
-def shakespeare_dir(tmp_path_factory):
-    if not SHAKESPEARE.is_dir():
-        pytest.skip(f"genuine Tiny Shakespeare not found: {SHAKESPEARE}")
-    data_dir = tmp_path_factory.mktemp("tfds")
-    out = run_module("bmjax.data", "prepare", "tiny_shakespeare", f"--manual_dir={SHAKESPEARE}",
-                     f"--data_dir={data_dir}")
-    assert out.returncode == 0, out.stderr
-    return data_dir
 
 
 def test_gpt_trains_and_samples(shakespeare_dir, tmp_path):

@@ -45,12 +45,16 @@ def test_seed_cnn_layers():
 
 
 def test_registry_names_and_hyperparameters():
-    with pytest.raises(UsageError, match="unknown model 'resnet9000'; choose one of: cnn, gpt, mlp"):
+    with pytest.raises(UsageError, match="unknown model 'resnet9000'; choose one of: bert_classifier, bert_mlm, cnn, gpt, mlp, t5, vit"):
         models.create("resnet9000", num_outputs=2)
     config = Config(hidden_sizes=(7, 5), activation="tanh", dropout=0.1, conv_features=(4,))
     mlp = models.hyperparameters("mlp", config)
     assert mlp["hidden_sizes"] == (7, 5) and mlp["activation"] == "tanh" and "conv_features" not in mlp
     assert models.hyperparameters("cnn", config)["conv_features"] == (4,)
+    # The compute dtype arrives as a dtype; a tokenizer's vocabulary reaches models that read tokens.
+    assert models.hyperparameters("mlp", config.replace(dtype="bfloat16"))["dtype"] == jnp.bfloat16
+    assert models.hyperparameters("bert_classifier", config, vocab_size=321)["vocab_size"] == 321
+    assert "vocab_size" not in models.hyperparameters("gpt", config, vocab_size=321), "gpt predicts its vocabulary"
 
 
 def test_every_config_field_is_a_flag():

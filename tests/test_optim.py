@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+import bmjax
 from bmjax import optim
 from bmjax.config import Config
 
@@ -61,3 +62,17 @@ def test_schedules():
     assert float(warm(100)) < 1e-6
     step = lr(lr_schedule="step", lr_decay_steps=30, lr_decay_factor=0.5)
     np.testing.assert_allclose([step(0), step(29), step(30), step(65)], [1.0, 1.0, 0.5, 0.25], rtol=1e-6)
+
+
+def test_frozen_parameters_stay_put():
+    params = {"encoder": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}, "head": {"kernel": jnp.ones((2, 2))}}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    config = Config(optimizer="adamw", weight_decay=0.1, clip_grad_norm=1.0, freeze="^encoder/")
+    tx = optim.create(config, total_steps=10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert not np.any(updates["encoder"]["kernel"]) and not np.any(updates["encoder"]["bias"]), "no decay either"
+    assert np.all(updates["head"]["kernel"] < 0)
+    assert optim.trainable_count(config, params) == 4
+    assert optim.trainable_count(Config(), params) == 12
+    with pytest.raises(bmjax.UsageError, match="--freeze='\\[' is not a regular expression"):
+        Config(workdir="/tmp/x", freeze="[").validate()

@@ -1,6 +1,5 @@
 """A run killed with SIGKILL and rerun ends bitwise where an uninterrupted run ends; finished runs only report."""
 
-import os
 import random
 import signal
 import subprocess

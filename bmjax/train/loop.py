@@ -24,6 +24,7 @@ from bmjax.train import runlog, state as state_lib, step as step_lib, strategy a
 from bmjax.train.checkpoint import Checkpointer, load_params
 
 DEVICE_DATA_LIMIT_BYTES = 2 << 30
+TOKENIZER_FILE = "tokenizer"
 _distributed_started = False
 
 
@@ -42,10 +43,16 @@ def run(config: Config, command: str = "bmjax") -> dict:
                         validation_split=config.validation_split, normalize=config.normalize, seed=config.seed,
                         synthetic_examples=config.synthetic_examples,
                         synthetic_features=config.synthetic_features,
-                        synthetic_classes=config.synthetic_classes, block_size=config.block_size)
-    task = tasks.create(config.task, dataset)
-    model = models.create(config.model, num_outputs=task.num_outputs, **models.hyperparameters(config.model, config))
-    strategy = strategy_lib.create(config.parallel, config.batch_size)
+                        synthetic_classes=config.synthetic_classes, block_size=config.block_size,
+                        task=config.task, tokenizer=_tokenizer_for(config, workdir), vocab_size=config.vocab_size)
+    task = tasks.create(config.task, dataset, mask_rate=config.mask_rate)
+    model = models.create(config.model, num_outputs=task.num_outputs,
+                          **models.hyperparameters(config.model, config, vocab_size=dataset.info.vocab_size))
+    strategy = strategy_lib.create(config.parallel, config.batch_size, config.mesh)
+    if config.batch_size % (strategy.num_shards * config.grad_accum_steps):
+        raise UsageError(f"--batch_size={config.batch_size} does not split into --grad_accum_steps="
+                         f"{config.grad_accum_steps} micro-batches on each of {strategy.num_shards} devices; use a "
+                         f"multiple of {strategy.num_shards * config.grad_accum_steps}")
 
     steps_per_epoch = len(dataset.train) // config.batch_size
     if steps_per_epoch == 0:
@@ -53,16 +60,20 @@ def run(config: Config, command: str = "bmjax") -> dict:
                          f"examples of {config.dataset}; use a smaller batch")
     total_steps = config.train_steps or config.epochs * steps_per_epoch
     example_x = preprocess.to_float(dataset.train[np.arange(1)]["x"])
-    state = state_lib.create(model, optim.create(config, total_steps), example_x, config.seed)
-    state = strategy.place_state(state)
+    tx = optim.create(config, total_steps)
+    state = state_lib.create(model, tx, example_x, config.seed)
+    flops_per_step = _flops_per_step(task, config, state, dataset.train[np.arange(config.batch_size)])
+    logical_axes = state_lib.logical_axes(model, tx, example_x)
+    place = lambda s: strategy.place_state(s, logical_axes)
+    state = place(state)
 
     checkpoints = Checkpointer(workdir, config.keep_checkpoints)
-    if checkpoints.latest_step() is not None:
-        state = strategy.place_state(checkpoints.restore(strategy.canonical(state)))
+    if checkpoints.latest_step() is not None:  # restored straight into this run's shardings
+        state = place(checkpoints.restore(strategy.canonical(state)))
     elif config.restore_from:
         canonical = strategy.canonical(state)
         params, model_state, _ = load_params(config.restore_from, canonical.params, canonical.model_state)
-        state = strategy.place_state(canonical.replace(params=params, model_state=model_state))
+        state = place(canonical.replace(params=params, model_state=model_state))
     start_step = int(strategy.fetch(state.step))
 
     result_path = os.path.join(workdir, "result.json")
@@ -79,6 +90,8 @@ def run(config: Config, command: str = "bmjax") -> dict:
         from bmjax.cli import flagfile_text
         with open(os.path.join(workdir, "flags.txt"), "w") as f:
             f.write(flagfile_text(config, command))
+        if dataset.tokenizer is not None:  # the tokenizer travels with the parameters (resume, --restore_from)
+            dataset.tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
 
     feed = _make_feed(config, dataset, task, strategy)
     log = runlog.RunLog(workdir, total_steps, start_step, enabled=primary)
@@ -111,7 +124,9 @@ def run(config: Config, command: str = "bmjax") -> dict:
         result = {"experiment": command, "dataset": config.dataset, "model": config.model,
                   "strategy": strategy.name, "devices": strategy.num_shards, "processes": jax.process_count(),
                   "steps": total_steps, "epochs": total_steps / steps_per_epoch,
-                  "parameters": state_lib.parameter_count(strategy.canonical(state).params)}
+                  "parameters": state_lib.parameter_count(strategy.canonical(state).params),
+                  "trainable_parameters": optim.trainable_count(config, strategy.canonical(state).params),
+                  "flops_per_step": flops_per_step}
         for split in ("validation", "test"):
             if getattr(dataset, split) is not None:
                 result[split] = task.summarize(feed.evaluate(state, split), detailed=True)
@@ -119,6 +134,7 @@ def run(config: Config, command: str = "bmjax") -> dict:
         result.update(seconds=time.time() - began, train_seconds=train_seconds,
                       epoch_seconds=[epoch_seconds[e] for e in sorted(epoch_seconds)],
                       steps_per_second=(total_steps - start_step) / max(train_seconds, 1e-9),
+                      flops_per_second=flops_per_step * (total_steps - start_step) / max(train_seconds, 1e-9),
                       flags=dataclasses.asdict(config))
     finally:
         checkpoints.close()
@@ -215,7 +231,8 @@ class _HostFeed:
 
 def _make_feed(config, dataset, task, strategy):
     axis_name = strategy.axis_name
-    train_step = step_lib.make_train_step(task, l1=config.l1, l2=config.l2, axis_name=axis_name)
+    train_step = step_lib.make_train_step(task, l1=config.l1, l2=config.l2, axis_name=axis_name,
+                                          grad_accum_steps=config.grad_accum_steps)
     eval_step = step_lib.make_eval_step(task, axis_name=axis_name)
     shards = strategy.num_shards
     eval_batch_size = max(shards, min(config.eval_batch_size, -(-len(dataset.test) // shards) * shards)
@@ -227,11 +244,30 @@ def _make_feed(config, dataset, task, strategy):
         raise UsageError("--data_placement=device needs an in-memory dataset and a single process; "
                          "use --data_placement=host")
     if placement == "auto":
-        size = sum(a.nbytes for s in splits for a in s.device_arrays().values()) if in_memory else math.inf
+        size = sum(a.nbytes for s in splits for a in jax.tree.leaves(s.device_arrays())) if in_memory else math.inf
         placement = "device" if jax.process_count() == 1 and size <= DEVICE_DATA_LIMIT_BYTES else "host"
     if placement == "device":
         return _DeviceFeed(dataset, train_step, eval_step, strategy, eval_batch_size, config.steps_per_call)
     return _HostFeed(dataset, train_step, eval_step, strategy, eval_batch_size)
+
+
+def _tokenizer_for(config: Config, workdir: str):
+    """The tokenizer a text run reads with: the one this workdir saved (a resumed run), else --tokenizer, else the
+    one --restore_from's run saved (fine-tuning keeps its vocabulary)."""
+    own, restored = (os.path.join(d, TOKENIZER_FILE) if d else "" for d in (workdir, config.restore_from))
+    if os.path.exists(own):
+        return own
+    return config.tokenizer or (restored if os.path.exists(restored) else None)
+
+
+def _flops_per_step(task, config: Config, state, batch) -> float:
+    """FLOPs of one train step on the global batch, as XLA counts them in the compiled program (forward,
+    backward and optimizer update), from shapes alone."""
+    step = step_lib.make_train_step(task, l1=config.l1, l2=config.l2, grad_accum_steps=config.grad_accum_steps)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), (state, batch))
+    cost = jax.jit(step).lower(*shapes).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
 
 
 def _total(sums):

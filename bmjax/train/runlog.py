@@ -7,7 +7,7 @@ import time
 from typing import Optional
 
 METRICS_FILE = "metrics.jsonl"
-SHOWN = ("loss", "accuracy", "macro_f1", "perplexity", "mse", "mae", "r2", "steps_per_second")  # on the console
+SHOWN = ("loss", "accuracy", "exact_match", "macro_f1", "perplexity", "mse", "mae", "r2", "steps_per_second")  # on the console
 
 
 class RunLog:

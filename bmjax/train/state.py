@@ -37,3 +37,15 @@ def create(model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Ar
 
 def parameter_count(params) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
+
+
+def logical_axes(model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Array) -> dict:
+    """{"params", "opt_state"}: the logical axis names (a PartitionSpec) of every array, from the names the
+    model gives its parameters; PartitionSpec() where it gives none. Computed on shapes alone."""
+
+    def boxed():
+        params = model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}, example_x,
+                            train=False)["params"]
+        return {"params": params, "opt_state": tx.init(params)}
+
+    return nn.get_partition_spec(jax.eval_shape(boxed))
