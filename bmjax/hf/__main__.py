@@ -1,0 +1,139 @@
+"""python -m bmjax.hf convert SOURCE --workdir=OUT: a Hugging Face model folder as a bmjax run folder.
+
+OUT then holds an orbax checkpoint (OUT/checkpoints/0) with the imported parameters and a flag file of the
+model's architecture, so that an experiment fine-tunes from it:
+
+    python -m bmjax.hf convert path/to/gpt2 --workdir=runs/gpt2
+    python -m experiments.gpt_shakespeare_char --flagfile=runs/gpt2/model_flags.txt --restore_from=runs/gpt2 ...
+
+The architecture comes from config.json's `model_type` (gpt2; bert when `bmjax.hf.bert` is installed).
+"""
+
+import dataclasses
+import importlib
+import json
+import os
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from absl import app, flags, logging
+
+from bmjax.errors import UsageError, exit_on_usage_error
+from bmjax.hf import load_config
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder to write the bmjax run folder into (must hold no checkpoint).")
+
+# model_type -> (importer module, importer function, the experiment config whose flags build the same model)
+ARCHITECTURES = {
+    "gpt2": ("bmjax.hf.gpt2", "import_gpt2", "experiments.gpt_shakespeare_char:GptShakespeareChar"),
+    "bert": ("bmjax.hf.bert", "import_bert", None),
+}
+# Model fields that are not architecture: how a run computes, not what the checkpoint holds.
+NOT_ARCHITECTURE = {"parent", "name", "decode", "dtype", "param_dtype", "dropout", "remat", "vocab_size",
+                    "num_outputs"}
+FLAGS_FILE = "model_flags.txt"
+
+
+@dataclasses.dataclass
+class _SavedState:
+    """The fields `Checkpointer.save` reads from a TrainState; a converted run has no optimizer state yet."""
+    step: Any
+    params: Any
+    opt_state: Any
+    model_state: Any
+    rng: Any
+
+
+def import_model(source: str) -> tuple[nn.Module, dict]:
+    """(bmjax model, params) for the Hugging Face model folder `source`, by its config.json's model_type."""
+    model_type = load_config(source).get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise UsageError(f"{source}: config.json's model_type is {model_type!r}; bmjax imports "
+                         f"{', '.join(ARCHITECTURES)}")
+    module_name, function_name, _ = ARCHITECTURES[model_type]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise UsageError(f"this bmjax has no {model_type} importer ({module_name}); update bmjax") from None
+    return getattr(module, function_name)(source)
+
+
+def model_flags(model: nn.Module, experiment: Optional[str]) -> tuple[list[str], list[str]]:
+    """(flags that build `model`'s architecture, warnings about fields those flags cannot set).
+
+    `experiment` ("module:ConfigClass") limits the flags to the fields that experiment defines; a field it
+    lacks is only worth a warning when the model needs a value other than the model class's default.
+    """
+    known = None
+    if experiment:
+        module_name, class_name = experiment.split(":")
+        try:
+            known = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module_name), class_name))}
+        except ImportError:  # the experiments folder is not on the path: name every field
+            known = None
+    defaults = {f.name: f.default for f in dataclasses.fields(model)}
+    flag_list, warnings = [], []
+    for name, default in defaults.items():
+        value = getattr(model, name)
+        if name in NOT_ARCHITECTURE or value is None:
+            continue
+        if known is None or name in known:
+            flag_list.append(f"--{name}={str(value).lower() if isinstance(value, bool) else value}")
+        elif value != default:
+            warnings.append(f"{name}={value} (bmjax's default is {default}; {experiment} has no flag for it)")
+    return flag_list, warnings
+
+
+def convert(source: str, workdir: str) -> dict:
+    """Writes the imported model into `workdir` as a bmjax run folder; returns what it wrote."""
+    from bmjax.train.checkpoint import Checkpointer
+
+    source = os.fspath(source)
+    if not os.path.isdir(source):
+        raise UsageError(f"{source} is not a folder; pass a Hugging Face model folder (config.json and weights)")
+    checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+        raise UsageError(f"{checkpoints} already holds checkpoints; convert into a new --workdir")
+    model, params = import_model(source)
+    model_type = load_config(source)["model_type"]
+    state = _SavedState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.asarray, params), opt_state={},
+                        model_state={}, rng=jax.random.PRNGKey(0))
+    checkpointer = Checkpointer(workdir, 1)
+    checkpointer.save(0, state)
+    checkpointer.close()
+
+    flag_list, warnings = model_flags(model, ARCHITECTURES[model_type][2])
+    with open(os.path.join(workdir, FLAGS_FILE), "w") as f:
+        f.write(f"# the architecture of {source}, converted by python -m bmjax.hf convert\n")
+        f.write("".join(line + "\n" for line in flag_list))
+    with open(os.path.join(workdir, "hf_config.json"), "w") as f:
+        json.dump(load_config(source), f, indent=2)
+    vocab = getattr(model, "vocab_size", None)
+    return {"model_type": model_type, "flags": flag_list, "warnings": warnings, "vocab_size": vocab,
+            "parameters": sum(x.size for x in jax.tree.leaves(params)), "checkpoints": checkpoints}
+
+
+@exit_on_usage_error
+def main(argv):
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.ERROR)  # orbax logs every step of a save at INFO
+    if len(argv) != 3 or argv[1] != "convert" or not _WORKDIR.value:
+        raise UsageError("usage: python -m bmjax.hf convert HF_MODEL_FOLDER --workdir=OUT")
+    written = convert(argv[2], _WORKDIR.value)
+    workdir = _WORKDIR.value
+    print(f"{written['model_type']} with {written['parameters']:,} parameters saved to {written['checkpoints']}")
+    print(f"model flags (also in {os.path.join(workdir, FLAGS_FILE)}):\n  {' '.join(written['flags'])}")
+    for warning in written["warnings"]:
+        print(f"warning: {warning}")
+    if written["vocab_size"]:
+        print(f"the vocabulary has {written['vocab_size']} tokens: fine-tune on data tokenized with this model's "
+              "tokenizer, or the embeddings will not fit")
+    print(f"fine-tune with: --flagfile={os.path.join(workdir, FLAGS_FILE)} --restore_from={workdir}")
+
+
+if __name__ == "__main__":
+    app.run(main)
