@@ -37,7 +37,9 @@ class GptShakespeareChar(Config):
     num_kv_heads: Optional[int] = field(None, "Key/value heads (fewer than --num_heads: grouped-query).")
     embed_dim: int = field(384, "Width of the residual stream.")
     positions: str = field("learned", "Position encoding.", ("learned", "rotary"))
-    activation: str = field("gelu", "MLP activation.", ("gelu", "swiglu"))
+    activation: str = field("gelu", "MLP activation: gelu (tanh approximation, as GPT-2), gelu_exact (erf, as "
+                                    "nanoGPT), relu, or gated swiglu, geglu.",
+                            ("gelu", "gelu_exact", "relu", "swiglu", "geglu"))
     use_bias: bool = field(False, "Biases in dense layers (nanoGPT trains without).")
     dropout: float = 0.2
     batch_size: int = 64

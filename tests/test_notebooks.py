@@ -1,6 +1,5 @@
-"""The Colab notebook executes on CPU (offline: scikit-learn's digits instead of MNIST)."""
+"""The Colab notebooks execute on CPU, offline (the quickstart on scikit-learn's digits instead of MNIST)."""
 
-import os
 
 import nbformat
 from conftest import ROOT
@@ -23,3 +22,21 @@ def test_quickstart_executes(tmp_path, monkeypatch):
     accuracy = float(outputs.rsplit("CNN ", 1)[1].split()[0])
     assert accuracy > 0.8
     assert (tmp_path / "mlp" / "result.json").exists() and (tmp_path / "cnn" / "result.json").exists()
+
+
+def test_gpt_notebook_executes(shakespeare_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("BMJAX_GPT_DATA_DIR", shakespeare_dir)
+    monkeypatch.setenv("BMJAX_GPT_STEPS", "60")
+    monkeypatch.setenv("BMJAX_GPT_WORKDIR", str(tmp_path))
+    notebook = nbformat.read(ROOT / "colab" / "gpt.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+
+    outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                      for o in cell.get("outputs", []))
+    assert "'num_layers': 4" in outputs and "'block_size': 64" in outputs, "nanoGPT's CPU setup on a CPU"
+    loss = float(outputs.split("validation loss ", 1)[1].split()[0])
+    assert loss < 3.3, "60 steps learn the character frequencies at least"
+    assert outputs.count("--- sample ") == 2 and "ROMEO:" in outputs
+    assert "greedy:  JULIET:" in outputs and "top-p:   JULIET:" in outputs
+    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 1

@@ -89,3 +89,25 @@ def test_bfloat16_remat_and_flops(shakespeare_dir, tmp_path):
     assert result["flops_per_step"] > 6 * weights * tokens, "forward and backward of every weight"
     assert result["flops_per_step"] < 20 * result["parameters"] * tokens
     assert result["flops_per_second"] > 0
+
+
+def test_optimizer_slots_take_their_parameters_axis_names():
+    """Adam's moments are sharded like their parameters, through masks and partitions (--freeze) alike."""
+    import jax
+    import jax.numpy as jnp
+
+    from bmjax import optim
+    from bmjax.models.gpt import GPT
+    from bmjax.train import state as state_lib
+
+    model = GPT(vocab_size=64, block_size=8, num_layers=2, num_heads=2, embed_dim=16)
+    tokens = jnp.ones((1, 8), jnp.int32)
+    is_spec = lambda x: isinstance(x, P)
+    for freeze in (None, "block_0/"):
+        config = Config(workdir="/tmp/unused", optimizer="adamw", weight_decay=0.1, clip_grad_norm=1.0, freeze=freeze)
+        tx = optim.create(config, 10)
+        logical = state_lib.logical_axes(model, tx, tokens)
+        opt_state = state_lib.create(model, tx, tokens, 0).opt_state
+        assert jax.tree.structure(logical["opt_state"], is_leaf=is_spec) == jax.tree.structure(opt_state)
+        specs = jax.tree.leaves(logical["opt_state"], is_leaf=is_spec)
+        assert specs.count(P("embed", "heads", "kv")) == (2 if freeze else 4), "each trained query kernel: mu, nu"

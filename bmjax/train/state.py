@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax.sharding import PartitionSpec
 
 
 class TrainState(struct.PyTreeNode):
@@ -41,11 +42,25 @@ def parameter_count(params) -> int:
 
 def logical_axes(model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Array) -> dict:
     """{"params", "opt_state"}: the logical axis names (a PartitionSpec) of every array, from the names the
-    model gives its parameters; PartitionSpec() where it gives none. Computed on shapes alone."""
+    model gives its parameters; PartitionSpec() where it gives none. Computed on shapes alone.
 
-    def boxed():
-        params = model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}, example_x,
-                            train=False)["params"]
-        return {"params": params, "opt_state": tx.init(params)}
+    An optimizer slot (a moment, say) takes the names of the parameter whose path ends its own path and whose
+    shape it has, whatever optax wrappers (chains, masks, partitions) stand between them.
+    """
+    rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
+    boxed = jax.eval_shape(lambda: model.init(rngs, example_x, train=False)["params"])
+    is_spec = lambda x: isinstance(x, PartitionSpec)
+    params = nn.get_partition_spec(boxed)
+    shapes = nn.meta.unbox(boxed)
+    named = {path: (spec, shape.shape) for (path, spec), shape in zip(
+        jax.tree_util.tree_flatten_with_path(params, is_leaf=is_spec)[0], jax.tree.leaves(shapes))}
 
-    return nn.get_partition_spec(jax.eval_shape(boxed))
+    def slot_spec(path, leaf):
+        for start in range(len(path)):
+            spec, shape = named.get(tuple(path[start:]), (None, None))
+            if spec is not None and shape == leaf.shape:
+                return spec
+        return PartitionSpec()
+
+    opt_state = jax.tree_util.tree_map_with_path(slot_spec, jax.eval_shape(tx.init, shapes))
+    return {"params": params, "opt_state": opt_state}
