@@ -41,6 +41,45 @@ def load_config(folder: Union[str, os.PathLike]) -> dict[str, Any]:
         raise UsageError(f"{path} is not valid JSON ({e}); re-save it with save_pretrained()") from None
 
 
+def read_config(source: Source, config: Any, architecture: str) -> dict[str, Any]:
+    """The Hugging Face config as a dict: `config` (a dict, a transformers PretrainedConfig, a config.json
+    path or a model folder), or else the config.json of the model folder `source`."""
+    if config is None:
+        if not isinstance(source, Mapping) and not os.path.exists(source):
+            raise UsageError(f"{os.fspath(source)} does not exist; pass a Hugging Face {architecture} model folder")
+        if isinstance(source, Mapping) or not os.path.isdir(source):
+            raise UsageError(f"a {architecture} weights file or state dict needs its config: pass config= "
+                             "(config.json's path or contents, or the transformers config), or the model folder")
+        return load_config(source)
+    if hasattr(config, "to_dict"):  # a transformers PretrainedConfig
+        return config.to_dict()
+    if isinstance(config, (str, os.PathLike)):
+        if os.path.isdir(config):
+            return load_config(config)
+        if not os.path.isfile(config):
+            raise UsageError(f"{os.fspath(config)} does not exist; pass the model's config.json")
+        try:
+            with open(config) as f:
+                return json.load(f)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{os.fspath(config)} is not valid JSON ({e}); pass the model's config.json") from None
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise UsageError(f"config= is a {type(config).__name__}; pass a dict, a transformers config or a config.json path")
+
+
+def check_config(config: Mapping[str, Any], model_type: str, required: tuple[str, ...]) -> dict[str, Any]:
+    """`config` as a dict, checked to describe a `model_type` model with every key in `required`."""
+    config = dict(config)
+    if config.get("model_type", model_type) != model_type:
+        raise UsageError(f"config.json has model_type={config['model_type']!r}, not {model_type!r}; import it with "
+                         "the importer for that architecture")
+    for key in required:
+        if key not in config:
+            raise UsageError(f"the {model_type} config lacks {key!r}; pass the model's config.json")
+    return config
+
+
 def load_state_dict(source: Source) -> dict[str, np.ndarray]:
     """The checkpoint's tensors as {Hugging Face name: NumPy array}.
 

@@ -11,8 +11,6 @@ from a fresh initialisation, as in Hugging Face, and a warning names it. Torch's
 [out, in], so every kernel is transposed; query, key and value get their heads as an axis of their own.
 """
 
-import json
-import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -23,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from bmjax.errors import UsageError
-from bmjax.hf import Source, load_config, load_state_dict
+from bmjax.hf import Source, check_config, load_state_dict, read_config
 from bmjax.models.bert import BertEncoder, BertForMaskedLM, BertForSequenceClassification, BertSizes
 
 # Hugging Face activation names -> bmjax's (transformer.ACTIVATIONS). BERT's "gelu" is the exact (erf) GELU.
@@ -36,13 +34,8 @@ MLM_DECODER = "cls.predictions.decoder.weight"  # tied to the word embeddings; a
 
 def bert_sizes(config: Mapping[str, Any]) -> dict:
     """The bmjax BERT fields a Hugging Face BertConfig (as a dict) describes."""
-    config = dict(config)
-    if config.get("model_type", "bert") != "bert":
-        raise UsageError(f"config.json has model_type={config['model_type']!r}, not 'bert'; import it with the "
-                         "importer for that architecture")
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
-        if key not in config:
-            raise UsageError(f"the BERT config lacks {key!r}; pass the model's config.json")
+    config = check_config(config, "bert", ("vocab_size", "hidden_size", "num_hidden_layers",
+                                           "num_attention_heads"))
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise UsageError(f"position_embedding_type={config['position_embedding_type']!r} is not supported; "
                          "bmjax's BERT has absolute (learned) positions")
@@ -138,33 +131,6 @@ def mlm_params(weights: _Weights, sizes: dict, encoder: dict) -> dict:
             "mlm_bias": weights.take(bias_name, (sizes["vocab_size"],), encoder=False)}
 
 
-def _read_config(source: Source, config) -> dict:
-    """The Hugging Face config as a dict: `config` (dict, PretrainedConfig, config.json path or model
-    folder) or else the folder `source`'s config.json."""
-    if config is None:
-        if isinstance(source, Mapping) or not os.path.isdir(source):
-            if not isinstance(source, Mapping) and not os.path.exists(source):
-                raise UsageError(f"{os.fspath(source)} does not exist; pass a Hugging Face BERT model folder")
-            raise UsageError("a BERT weights file or state dict needs its config: pass config= (config.json's "
-                             "path or contents, or a BertConfig), or the model folder")
-        return load_config(source)
-    if hasattr(config, "to_dict"):  # a transformers PretrainedConfig
-        return config.to_dict()
-    if isinstance(config, (str, os.PathLike)):
-        if os.path.isdir(config):
-            return load_config(config)
-        if not os.path.isfile(config):
-            raise UsageError(f"{os.fspath(config)} does not exist; pass the model's config.json")
-        try:
-            with open(config) as f:
-                return json.load(f)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{os.fspath(config)} is not valid JSON ({e}); pass the model's config.json") from None
-    if isinstance(config, Mapping):
-        return dict(config)
-    raise UsageError(f"config= is a {type(config).__name__}; pass a dict, a BertConfig or a config.json path")
-
-
 def _choose_head(head: str, weights: _Weights) -> str:
     if head not in ("auto", *HEADS):
         raise UsageError(f"unknown BERT head {head!r}; choose auto, {', '.join(HEADS)}")
@@ -188,7 +154,7 @@ def import_bert(source: Source, config: Optional[Union[Mapping, Any, str]] = Non
     a head of another size starts fresh. Parameters the checkpoint lacks are initialised from `seed`.
     `overrides`: model fields to set, e.g. dtype=jnp.bfloat16, dropout=0.0, remat=True.
     """
-    hf_config = _read_config(source, config)
+    hf_config = read_config(source, config, "BERT")
     sizes = bert_sizes(hf_config)
     config_labels = len(hf_config.get("id2label") or {}) or None
     weights = _Weights(load_state_dict(source))

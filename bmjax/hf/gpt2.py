@@ -7,13 +7,12 @@ GPT-2's Conv1D layers store weights as [in, out], as Flax does, so no weight is 
 `c_attn` projection is split into query, key and value, and heads become their own axis.
 """
 
-import os
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
 from bmjax.errors import UsageError
-from bmjax.hf import Source, load_config, load_state_dict
+from bmjax.hf import Source, check_config, load_state_dict, read_config
 from bmjax.models.gpt import GPT
 
 # GPT-2's activation names -> bmjax's. gelu_new, gelu_fast and gelu_pytorch_tanh are all GELU's tanh
@@ -24,13 +23,7 @@ ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "ge
 
 def gpt2_model(config: Mapping[str, Any]) -> GPT:
     """The bmjax GPT with the architecture a GPT-2 config.json describes (float32, no dropout)."""
-    config = dict(config)
-    if config.get("model_type", "gpt2") != "gpt2":
-        raise UsageError(f"config.json has model_type={config['model_type']!r}, not 'gpt2'; "
-                         "import it with the importer for that architecture")
-    for key in ("n_embd", "n_layer", "n_head", "vocab_size"):
-        if key not in config:
-            raise UsageError(f"the GPT-2 config lacks {key!r}; pass the model's config.json")
+    config = check_config(config, "gpt2", ("n_embd", "n_layer", "n_head", "vocab_size"))
     positions = config.get("n_positions", config.get("n_ctx"))
     if positions is None:
         raise UsageError("the GPT-2 config lacks 'n_positions'; pass the model's config.json")
@@ -104,15 +97,7 @@ def import_gpt2(source: Source, config: Optional[Union[Mapping, Any]] = None) ->
     `config`: a dict or `transformers.GPT2Config`; default: the folder's config.json (required for files
     and state dicts).
     """
-    if config is None:
-        if not isinstance(source, Mapping) and not os.path.exists(source):
-            raise UsageError(f"{os.fspath(source)} does not exist; pass a Hugging Face GPT-2 model folder")
-        if isinstance(source, Mapping) or not os.path.isdir(source):
-            raise UsageError("a GPT-2 weights file or state dict needs its config: pass config= (config.json's "
-                             "contents or a GPT2Config), or the model folder")
-        config = load_config(source)
-    elif hasattr(config, "to_dict"):  # a transformers PretrainedConfig
-        config = config.to_dict()
+    config = read_config(source, config, "GPT-2")
     model = gpt2_model(config)
     return model, gpt2_params(load_state_dict(source), model)
 

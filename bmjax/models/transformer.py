@@ -27,6 +27,17 @@ def layer_norm(dtype, param_dtype, name=None, epsilon: float = 1e-5) -> nn.Layer
                         bias_init=partitioned(nn.initializers.zeros, ("embed",)))
 
 
+def flatten(x, feature_axes: int = 1):
+    """[batch, len, *features] -> [batch * len, *features]. Projections multiply these rows: XLA:CPU runs a
+    2-D matrix product with its gradients up to 1.5x faster than the same product over [batch, len, ...]."""
+    return x.reshape((-1,) + x.shape[x.ndim - feature_axes:])
+
+
+def unflatten(rows, like):
+    """Rows back to the [batch, len] leading axes of `like`."""
+    return rows.reshape(like.shape[:2] + rows.shape[1:])
+
+
 def rotary_embedding(x, positions, base: float = 10000.0):
     """Rotates channel pairs (i, i + head_dim/2) of `x` [batch, len, heads, head_dim] by angle position * freq_i."""
     half = x.shape[-1] // 2
@@ -103,9 +114,10 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("cross-attention keeps no cache: build it with decode=False")
         source = x if context is None else context
 
-        query = self.projection(self.num_heads, "heads", "query")(x)  # [batch, len, heads, head_dim]
-        key = self.projection(num_kv_heads, "kv_heads", "key")(source)  # [batch, kv_len, kv_heads, head_dim]
-        value = self.projection(num_kv_heads, "kv_heads", "value")(source)
+        project = lambda heads, axis, name, y: unflatten(self.projection(heads, axis, name)(flatten(y)), y)
+        query = project(self.num_heads, "heads", "query", x)  # [batch, len, heads, head_dim]
+        key = project(num_kv_heads, "kv_heads", "key", source)  # [batch, kv_len, kv_heads, head_dim]
+        value = project(num_kv_heads, "kv_heads", "value", source)
 
         offset = 0  # absolute position of the first query
         if self.decode:
@@ -139,7 +151,10 @@ class MultiHeadAttention(nn.Module):
 
         if self.scale_queries:
             query = query * self.head_dim ** -0.5
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key)
+        # Heads before positions, [batch, heads, len, head_dim]: plain batched matrix products (on XLA:CPU
+        # the forward pass runs twice as fast as contracting the [batch, len, heads, head_dim] layout).
+        query, key, value = (jnp.swapaxes(a, 1, 2) for a in (query, key, value))
+        scores = jnp.einsum("bhqd,bhkd->bhqk", query, key)
         scores = scores.astype(jnp.float32)  # softmax in float32 whatever the compute dtype
         if bias is not None:
             scores = scores + bias.astype(jnp.float32)
@@ -147,12 +162,12 @@ class MultiHeadAttention(nn.Module):
             scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", weights, value), 1, 2)  # [batch, len, heads, head_dim]
 
-        return nn.DenseGeneral(
+        return unflatten(nn.DenseGeneral(
             embed_dim, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=partitioned(nn.initializers.normal(self.out_init_std), ("heads", "kv", "embed")),
-            bias_init=partitioned(nn.initializers.zeros, ("embed",)), name="out")(out)
+            bias_init=partitioned(nn.initializers.zeros, ("embed",)), name="out")(flatten(out, 2)), x)
 
 
 # The MLP's activations: plain ones act on one projection, gated ones multiply act(x W_gate) by x W_up.
@@ -179,16 +194,17 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        up = lambda: self.dense(self.hidden_dim, ("embed", "mlp"), INIT_STD, "up")(x)
+        rows = flatten(x)
+        up = lambda: self.dense(self.hidden_dim, ("embed", "mlp"), INIT_STD, "up")(rows)
         if self.activation in ACTIVATIONS:
             hidden = ACTIVATIONS[self.activation](up())
         elif self.activation in GATED_ACTIVATIONS:
-            gate = self.dense(self.hidden_dim, ("embed", "mlp"), INIT_STD, "gate")(x)
+            gate = self.dense(self.hidden_dim, ("embed", "mlp"), INIT_STD, "gate")(rows)
             hidden = GATED_ACTIVATIONS[self.activation](gate) * up()
         else:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of "
                              f"{', '.join(list(ACTIVATIONS) + list(GATED_ACTIVATIONS))}")
-        return self.dense(x.shape[-1], ("mlp", "embed"), self.out_init_std, "down")(hidden)
+        return unflatten(self.dense(x.shape[-1], ("mlp", "embed"), self.out_init_std, "down")(hidden), x)
 
 
 class Block(nn.Module):
