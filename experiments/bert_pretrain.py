@@ -5,6 +5,9 @@ sentence.
     python -m experiments.bert_pretrain --workdir=runs/bert_mlm --manual_dir=path/to/sst2   # stsa.binary.* files
     python -m experiments.bert_finetune_sst2 --workdir=runs/bert_sst2 --restore_from=runs/bert_mlm ...
 
+`--preset=` takes a size (bert-tiny, bert-mini, bert-small, bert-medium, bert-base, bert-large) or `cpu`
+(BERT-tiny on 64-token rows, a few minutes on 2 CPU cores); give the fine-tuning run the same preset.
+
 The default corpus is SST-2's training sentences (labels unused); `--dataset=tiny_shakespeare` or any TFDS text
 dataset works too. The run saves its subword tokenizer beside its checkpoints: fine-tuning with
 `--restore_from` reads text with it.
@@ -19,6 +22,8 @@ from bmjax.models.bert import PRESETS
 
 SIZES = {name: dict(num_layers=p["num_layers"], num_heads=p["num_heads"], embed_dim=p["embed_dim"])
          for name, p in PRESETS.items()}
+# A few minutes on 2 CPU cores: BERT-tiny's size on sentences of up to 64 tokens.
+SIZES["cpu"] = dict(SIZES["bert-tiny"], block_size=64, vocab_size=4000)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,8 +21,10 @@ from bmjax.config import Config, field
 PRESETS = {
     # nanoGPT's CPU run: python train.py config/train_shakespeare_char.py --device=cpu --block_size=64
     # --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0
+    # Its peak learning rate of 1e-3 is low for a model this small: 2e-3 ends 0.1 lower (validation loss
+    # 1.783 against 1.884, 1.890 and 1.885 for seeds 0-2 at 1e-3; nanoGPT's own run: 1.886).
     "cpu": dict(num_layers=4, num_heads=4, embed_dim=128, block_size=64, batch_size=12, train_steps=2000,
-                dropout=0.0),
+                dropout=0.0, learning_rate=2e-3),
 }
 
 
