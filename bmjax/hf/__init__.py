@@ -34,11 +34,16 @@ def load_config(folder: Union[str, os.PathLike]) -> dict[str, Any]:
         raise UsageError(f"{os.fspath(folder)} is not a folder; pass a Hugging Face model folder with {CONFIG_FILE}")
     if not os.path.isfile(path):
         raise UsageError(f"{path} does not exist; save the model with save_pretrained() or pass its config")
+    return _read_json(path, "re-save it with save_pretrained()")
+
+
+def _read_json(path: Union[str, os.PathLike], fix: str) -> dict[str, Any]:
+    """A config file's JSON; UsageError ending in `fix` if it is not JSON."""
     try:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON ({e}); re-save it with save_pretrained()") from None
+        raise UsageError(f"{os.fspath(path)} is not valid JSON ({e}); {fix}") from None
 
 
 def read_config(source: Source, config: Any, architecture: str) -> dict[str, Any]:
@@ -58,11 +63,7 @@ def read_config(source: Source, config: Any, architecture: str) -> dict[str, Any
             return load_config(config)
         if not os.path.isfile(config):
             raise UsageError(f"{os.fspath(config)} does not exist; pass the model's config.json")
-        try:
-            with open(config) as f:
-                return json.load(f)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{os.fspath(config)} is not valid JSON ({e}); pass the model's config.json") from None
+        return _read_json(config, "pass the model's config.json")
     if isinstance(config, Mapping):
         return dict(config)
     raise UsageError(f"config= is a {type(config).__name__}; pass a dict, a transformers config or a config.json path")
