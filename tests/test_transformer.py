@@ -10,7 +10,7 @@ import pytest
 
 from bmjax.generate import generate, top_k_logits, top_p_logits
 from bmjax.models.gpt import GPT, PRESETS
-from bmjax.models.transformer import MultiHeadAttention, rotary_embedding
+from bmjax.models.transformer import CAUSAL_CHUNK, MultiHeadAttention, attention_mask, rotary_embedding
 
 TINY = dict(vocab_size=61, block_size=24, num_layers=2, num_heads=4, embed_dim=32)
 
@@ -69,6 +69,33 @@ def test_causal_mask_hides_later_tokens():
     logits, changed_logits = (forward(model, params, x) for x in (tokens, changed))
     np.testing.assert_allclose(logits[:, :t + 1], changed_logits[:, :t + 1], atol=1e-6)
     assert not np.allclose(logits[:, t + 1:], changed_logits[:, t + 1:], atol=1e-4)
+
+
+def test_chunked_causal_attention_equals_the_whole_score_matrix():
+    # Past CAUSAL_CHUNK positions causal attention runs in query chunks; an explicit causal mask (causal=False)
+    # takes the whole score matrix. Same outputs and gradients, with padding and a score bias, at a length that
+    # is not a multiple of the chunk.
+    length = 2 * CAUSAL_CHUNK + 3
+    attention = MultiHeadAttention(num_heads=2, head_dim=8)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, length, 16))
+    padding_mask = jnp.arange(length)[None] < jnp.array([[length - 5], [length]])
+    bias = jax.random.normal(jax.random.PRNGKey(2), (1, 2, length, length))
+    params = attention.init(jax.random.PRNGKey(1), x[:, :4])
+    whole_mask = attention_mask(length, length, causal=True, padding_mask=padding_mask)
+
+    def loss(params, x, causal):
+        out = attention.apply(params, x, causal=causal, bias=bias, padding_mask=None if not causal else padding_mask,
+                              mask=None if causal else whole_mask)
+        return jnp.sum(jnp.sin(out)), out
+
+    chunked, whole = (jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2)(
+        params, x, causal) for causal in (True, False))
+    np.testing.assert_allclose(chunked[0][1], whole[0][1], atol=1e-5)
+    for a, b in zip(jax.tree.leaves(chunked[1]), jax.tree.leaves(whole[1])):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    scores = f"f32[2,2,{length},{length}]"  # the whole score matrix, computed without chunks only
+    assert scores not in str(jax.make_jaxpr(lambda x: attention.apply(params, x, causal=True))(x))
+    assert scores in str(jax.make_jaxpr(lambda x: attention.apply(params, x, mask=whole_mask))(x))
 
 
 def test_padding_mask_hides_padded_keys():

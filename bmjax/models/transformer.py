@@ -69,6 +69,30 @@ def attention_mask(q_len: int, kv_len: int, *, causal: bool = False, padding_mas
     return combined
 
 
+# Causal self-attention longer than this runs in query chunks of this many rows.
+CAUSAL_CHUNK = 128
+
+
+def attend(query, key, value, mask=None, bias=None, dropout=lambda weights: weights):
+    """softmax(query keyᵀ + bias, where mask) value, over [batch, heads, len, head_dim] arrays.
+
+    `mask` [batch or 1, 1, len, kv_len], True = attend; `bias` [batch or 1, heads, len, kv_len].
+    """
+    scores = jnp.einsum("bhqd,bhkd->bhqk", query, key)
+    scores = scores.astype(jnp.float32)  # softmax in float32 whatever the compute dtype
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = dropout(jax.nn.softmax(scores, axis=-1).astype(query.dtype))
+    return jnp.einsum("bhqk,bhkd->bhqd", weights, value)
+
+
+def _slice(scores_like, rows: slice, keys: slice):
+    """Rows and keys of a mask or bias shaped like the scores; None stays None."""
+    return None if scores_like is None else scores_like[..., rows, keys]
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention with `num_heads` query heads sharing `num_kv_heads` key/value heads (grouped-query).
 
@@ -154,15 +178,17 @@ class MultiHeadAttention(nn.Module):
         # Heads before positions, [batch, heads, len, head_dim]: plain batched matrix products (on XLA:CPU
         # the forward pass runs twice as fast as contracting the [batch, len, heads, head_dim] layout).
         query, key, value = (jnp.swapaxes(a, 1, 2) for a in (query, key, value))
-        scores = jnp.einsum("bhqd,bhkd->bhqk", query, key)
-        scores = scores.astype(jnp.float32)  # softmax in float32 whatever the compute dtype
-        if bias is not None:
-            scores = scores + bias.astype(jnp.float32)
-        if mask is not None:
-            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
-        out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", weights, value), 1, 2)  # [batch, len, heads, head_dim]
+        dropout = nn.Dropout(self.dropout, deterministic=not train)
+        attend_part = lambda rows, keys: attend(query[:, :, rows], key[:, :, keys], value[:, :, keys],
+                                                _slice(mask, rows, keys), _slice(bias, rows, keys), dropout)
+        if causal and not self.decode and length > CAUSAL_CHUNK:
+            # Query rows in chunks, each attending to the keys up to its last row: the masked upper triangle
+            # is never computed (at 256 positions, fwd + bwd 2.3x faster on XLA:CPU; 2.2x at 1024).
+            out = jnp.concatenate([attend_part(slice(start, start + CAUSAL_CHUNK), slice(0, start + CAUSAL_CHUNK))
+                                   for start in range(0, length, CAUSAL_CHUNK)], axis=2)
+        else:
+            out = attend_part(slice(None), slice(None))
+        out = jnp.swapaxes(out, 1, 2)  # [batch, len, heads, head_dim]
 
         return unflatten(nn.DenseGeneral(
             embed_dim, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
