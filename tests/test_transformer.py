@@ -84,7 +84,7 @@ def test_chunked_causal_attention_equals_the_whole_score_matrix():
     whole_mask = attention_mask(length, length, causal=True, padding_mask=padding_mask)
 
     def loss(params, x, causal):
-        out = attention.apply(params, x, causal=causal, bias=bias, padding_mask=None if not causal else padding_mask,
+        out = attention.apply(params, x, causal=causal, bias=bias, padding_mask=padding_mask if causal else None,
                               mask=None if causal else whole_mask)
         return jnp.sum(jnp.sin(out)), out
 
