@@ -1,13 +1,15 @@
 """Command line: one absl flag per field of an experiment's Config, then a run."""
 
 import dataclasses
+import os
 import sys
 import typing
 from typing import Callable, Optional, Sequence
 
 from absl import app, flags, logging
 
-from bmjax.config import Config
+import bmjax
+from bmjax.config import Config, field_metadata
 from bmjax.errors import UsageError, exit_on_usage_error
 
 
@@ -16,7 +18,7 @@ def define_flags(config_cls: type[Config], flag_values=flags.FLAGS) -> None:
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         kind = _unwrap_optional(hints[f.name])
-        help_text, choices = _metadata(config_cls, f.name)
+        help_text, choices = field_metadata(config_cls, f.name)
         args = dict(name=f.name, default=f.default, help=help_text, flag_values=flag_values)
         if choices:
             flags.DEFINE_enum(enum_values=list(choices), **args)
@@ -50,24 +52,11 @@ def config_from_flags(config_cls: type[Config], flag_values=flags.FLAGS) -> Conf
     return config_cls(**values).validate()
 
 
-def flagfile_text(config: Config, command: str) -> str:
-    """A flag file that reproduces `config`: `python -m <command> --flagfile=FILE`."""
-    lines = [f"# python -m {command} --flagfile=<this file>"]
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if value is None:
-            continue
-        if isinstance(value, tuple):
-            value = ",".join(str(v) for v in value)
-        lines.append(f"--{f.name}={value}")
-    return "\n".join(lines) + "\n"
-
-
 def main(config_cls: type[Config], argv: Optional[Sequence[str]] = None, *,
          presets: Optional[dict[str, dict]] = None, entry: Optional[Callable] = None) -> None:
     """Entry point of `python -m experiments.NAME`: flags -> config -> `entry(config, command)`.
 
-    `entry` defaults to bmjax's runner. With `presets`, `--preset=NAME` sets the defaults of a named group
+    `entry` defaults to `bmjax.run`. With `presets`, `--preset=NAME` sets the defaults of a named group
     of flags; flags given explicitly still win.
     """
     define_flags(config_cls)
@@ -77,7 +66,8 @@ def main(config_cls: type[Config], argv: Optional[Sequence[str]] = None, *,
         chosen = _preset_in(argv or sys.argv, presets)
         for name, value in presets.get(chosen, {}).items():
             flags.FLAGS.set_default(name, [str(v) for v in value] if isinstance(value, tuple) else value)
-    command = sys.modules["__main__"].__spec__.name if sys.modules["__main__"].__spec__ else sys.argv[0]
+    main_module = sys.modules["__main__"]
+    command = main_module.__spec__.name if main_module.__spec__ else os.path.abspath(sys.argv[0])
 
     @exit_on_usage_error
     def run(argv):
@@ -86,8 +76,7 @@ def main(config_cls: type[Config], argv: Optional[Sequence[str]] = None, *,
         if len(argv) > 1:
             raise UsageError(f"unexpected arguments {' '.join(argv[1:])}; every setting is a --flag "
                              "(see --helpfull)")
-        from bmjax.train.loop import run as run_training  # imports JAX only after the flags parse
-        (entry or run_training)(config_from_flags(config_cls), command=command)
+        (entry or bmjax.run)(config_from_flags(config_cls), command=command)
 
     app.run(run, argv=argv)
 
@@ -95,15 +84,6 @@ def main(config_cls: type[Config], argv: Optional[Sequence[str]] = None, *,
 def _unwrap_optional(kind):
     args = [a for a in typing.get_args(kind) if a is not type(None)]
     return args[0] if typing.get_origin(kind) is typing.Union and len(args) == 1 else kind
-
-
-def _metadata(config_cls: type[Config], name: str) -> tuple[str, Optional[tuple]]:
-    """Help and choices of a field, from the nearest class in the MRO that gave them."""
-    for cls in config_cls.__mro__:
-        f = getattr(cls, "__dataclass_fields__", {}).get(name)
-        if f is not None and "help" in f.metadata:
-            return f.metadata["help"], f.metadata["choices"]
-    return name.replace("_", " "), None
 
 
 def _preset_in(argv: Sequence[str], presets: dict) -> Optional[str]:

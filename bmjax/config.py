@@ -9,6 +9,9 @@ import dataclasses
 import re
 from typing import Any, Optional
 
+import jax.numpy as jnp
+
+from bmjax import models
 from bmjax.errors import UsageError
 from bmjax.models.mlp import ACTIVATIONS
 
@@ -16,6 +19,16 @@ from bmjax.models.mlp import ACTIVATIONS
 def field(default: Any, help: str, choices: Optional[tuple[str, ...]] = None):
     """A config field with its flag's help text (and allowed values, for enums)."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def field_metadata(config_cls: type, name: str) -> tuple[str, Optional[tuple]]:
+    """Help and choices of a field, from the nearest class in the MRO that gave them (a subclass may change a
+    default without repeating them)."""
+    for cls in config_cls.__mro__:
+        f = getattr(cls, "__dataclass_fields__", {}).get(name)
+        if f is not None and "help" in f.metadata:
+            return f.metadata["help"], f.metadata["choices"]
+    return name.replace("_", " "), None
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -96,6 +109,8 @@ class Config:
     freeze: Optional[str] = field(None, "Regular expression over parameter paths (e.g. 'bert/' or "
                                         "'block_[01]/'): matching parameters are not trained.")
     seed: int = field(0, "Seed of initialisation, dropout and data order.")
+    num_seeds: int = field(1, "Train this many seeds (--seed, --seed+1, ...) at once, vmapped in one compiled "
+                              "program; metrics are reported per seed and as their mean and spread.")
 
     # Devices and hosts.
     parallel: str = field("auto", "single: jit on one device; pmap: replicated over local devices; mesh: jit "
@@ -121,9 +136,13 @@ class Config:
         """Raises UsageError for values no run can use."""
         if not self.workdir:
             raise UsageError("--workdir is required: pass --workdir=DIR, a directory for this run's outputs")
+        for f in dataclasses.fields(self):
+            choices = field_metadata(type(self), f.name)[1]
+            if choices and getattr(self, f.name) not in choices:
+                raise UsageError(f"--{f.name}={getattr(self, f.name)} is not one of: {', '.join(choices)}")
         positive = ["epochs", "batch_size", "eval_batch_size", "learning_rate", "log_every_steps",
                     "keep_checkpoints", "synthetic_examples", "synthetic_features", "kernel_size",
-                    "grad_accum_steps", "vocab_size"]
+                    "grad_accum_steps", "vocab_size", "num_seeds"]
         positive_if_set = ["train_steps", "eval_every_steps", "checkpoint_every_steps", "clip_grad_norm",
                            "host_devices", "num_processes", "block_size"]
         for name in positive + [n for n in positive_if_set if getattr(self, n) is not None]:
@@ -161,3 +180,33 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    def build_model(self, io: models.ModelIO):
+        """The model this experiment trains, for the data and task `io` describes: `--model`'s registered builder
+        by default. Override it to build a model from the experiment's own fields."""
+        return models.build(self.model, self, io)
+
+    def build_program(self, context):
+        """What this experiment runs (a `bmjax.train.program.Plan`): supervised learning of `build_model`'s
+        model on --dataset by default. Override it for another kind of training (two networks, an agent)."""
+        from bmjax.train import supervised
+
+        return supervised.build(self, context)
+
+    def flagfile_text(self, command: str) -> str:
+        """A flag file that reproduces this config: `python -m <command> --flagfile=FILE` (or `python FILE.py`
+        for an experiment run as a file)."""
+        run = f"python {command}" if command.endswith(".py") else f"python -m {command}"
+        lines = [f"# {run} --flagfile=<this file>"]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(str(v) for v in value)
+            lines.append(f"--{f.name}={value}")
+        return "\n".join(lines) + "\n"

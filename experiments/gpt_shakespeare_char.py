@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 import bmjax
-from bmjax import cli, data, models
+from bmjax import cli
 from bmjax.config import Config, field
 
 PRESETS = {
@@ -68,25 +68,19 @@ class GptShakespeareChar(Config):
 
 
 def sample(config: GptShakespeareChar, command: str = "") -> list[str]:
-    """Continues --prompt with the newest checkpoint in --workdir; prints and returns the samples."""
+    """Continues --prompt with the newest checkpoint of the run in --workdir; prints and returns the samples.
+    The model and tokenizer are the run's own; only the sampling flags are read from `config`."""
     from bmjax.generate import generate
-    from bmjax.train.checkpoint import load_params
-    from bmjax.train.state import create as create_state
-    from bmjax.optim import create as create_optimizer
 
-    dataset = data.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
-                        block_size=config.block_size)
-    model = models.create("gpt", num_outputs=dataset.info.num_classes, **models.hyperparameters("gpt", config))
-    prompt = dataset.tokenizer.encode(config.prompt)
-    state = create_state(model, create_optimizer(config, 1), prompt[None, :1], config.seed)
-    params, _, step = load_params(config.workdir, state.params, state.model_state)
-    new_tokens = config.max_new_tokens or config.block_size - len(prompt)
-    tokens = generate(model, params, np.repeat(prompt[None], config.num_samples, 0), new_tokens,
+    run = bmjax.restore(config.workdir)
+    prompt = run.tokenizer.encode(config.prompt)
+    new_tokens = config.max_new_tokens or run.config.block_size - len(prompt)
+    tokens = generate(run.model, run.params, np.repeat(prompt[None], config.num_samples, 0), new_tokens,
                       jax.random.PRNGKey(config.seed), temperature=config.temperature or 1.0,
                       greedy=config.temperature == 0, top_k=config.top_k, top_p=config.top_p)
-    texts = [dataset.tokenizer.decode(row) for row in np.asarray(tokens)]
+    texts = [run.tokenizer.decode(row) for row in np.asarray(tokens)]
     for i, text in enumerate(texts):
-        print(f"--- sample {i + 1} (step {step}) ---\n{text}")
+        print(f"--- sample {i + 1} (step {run.step}) ---\n{text}")
     return texts
 
 

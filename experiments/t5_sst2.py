@@ -7,13 +7,12 @@ sequence whose every teacher-forced argmax is right is exactly what greedy decod
 """
 
 import dataclasses
-import os
 from typing import Optional
 
 import numpy as np
 
 import bmjax
-from bmjax import cli, data, models
+from bmjax import cli
 from bmjax.config import Config, field
 
 PRESETS = {"cpu": dict(num_layers=2, num_heads=4, embed_dim=128, head_dim=32, mlp_dim=512)}
@@ -48,32 +47,21 @@ class T5Sst2(Config):
 
 
 def predict(config: T5Sst2, command: str = "") -> str:
-    """Greedy decoding of the answer to --text with the newest checkpoint in --workdir."""
+    """Greedy decoding of the answer to --text with the newest checkpoint of the run in --workdir (its model,
+    tokenizer and class names)."""
     from bmjax.data.sst2 import text_to_text_prefix
     from bmjax.data.text import seq2seq_source
     from bmjax.models.t5 import generate
-    from bmjax.optim import create as create_optimizer
-    from bmjax.train.checkpoint import load_params
-    from bmjax.train.loop import TOKENIZER_FILE
-    from bmjax.train.state import create as create_state
 
-    tokenizer_path = os.path.join(config.workdir, TOKENIZER_FILE)
-    if not os.path.exists(tokenizer_path):
-        raise bmjax.UsageError(f"{config.workdir} holds no trained T5 (no {TOKENIZER_FILE}); train it first with "
-                               "the same --workdir")
-    dataset = data.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
-                        block_size=config.block_size, task="seq2seq", tokenizer=tokenizer_path)
-    tokenizer, class_names = dataset.tokenizer, dataset.info.class_names
-    model = models.create("t5", num_outputs=tokenizer.vocab_size,
-                          **models.hyperparameters("t5", config, vocab_size=tokenizer.vocab_size))
-    question = seq2seq_source([config.text], np.zeros(1, np.int32), class_names, text_to_text_prefix(config.dataset),
-                              tokenizer, config.block_size)[np.arange(1)]["x"]
-    state = create_state(model, create_optimizer(config, 1), question, config.seed)
-    params, _, step = load_params(config.workdir, state.params, state.model_state)
-    answer = np.asarray(generate(model, params, question["inputs"], question["targets"].shape[1],
+    run = bmjax.restore(config.workdir)
+    tokenizer = run.tokenizer
+    source = seq2seq_source([config.text], np.zeros(1, np.int32), run.info.class_names,
+                            text_to_text_prefix(run.config.dataset), tokenizer, run.config.block_size)
+    question = source[np.arange(1)]["x"]
+    answer = np.asarray(generate(run.model, run.params, question["inputs"], question["targets"].shape[1],
                                  eos_id=tokenizer.eos_id))[0]
     text = tokenizer.decode(answer[:list(answer).index(tokenizer.eos_id)] if tokenizer.eos_id in answer else answer)
-    print(f"{config.text!r} -> {text!r} (step {step})")
+    print(f"{config.text!r} -> {text!r} (step {run.step})")
     return text
 
 

@@ -49,3 +49,56 @@ def shakespeare_dir(tmp_path_factory) -> str:
     out = run_module("bmjax.data", "prepare", "tiny_shakespeare", f"--manual_dir={raw}", f"--data_dir={data_dir}")
     assert out.returncode == 0, out.stderr
     return str(data_dir)
+
+
+PROGRAMS = ROOT / "tests" / "programs"
+
+
+def program_module(name: str):
+    """A test program's file (tests/programs/NAME.py) imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"programs_{name}", PROGRAMS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_file(path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python path args...` from the repository root: an experiment run as a file."""
+    return subprocess.run([sys.executable, str(path), *args], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def saved_state(workdir) -> dict:
+    """{path: array} of a run's newest checkpoint, whatever devices saved it."""
+    import jax
+    import numpy as np
+
+    from bmjax.train.checkpoint import read_saved
+
+    tree, step = read_saved(str(workdir))
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def saved_steps(workdir) -> list[int]:
+    directory = Path(workdir) / "checkpoints"
+    return [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() else []
+
+
+def kill_after_saving(command: list, workdir, min_step: int, rng) -> int:
+    """Starts `command` and SIGKILLs it at a random moment after its checkpoint `min_step` is written."""
+    import signal
+    import time
+
+    process = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any(s >= min_step for s in saved_steps(workdir)):
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0, 0.3))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return process.returncode

@@ -55,16 +55,20 @@ def test_shapes_and_registry(mlm):
     logits = forward(model, params, PADDED)
     assert logits.shape == (2, 8, TINY["vocab_size"]) and logits.dtype == jnp.float32
 
-    classifier = models.create("bert_classifier", num_outputs=3, **TINY)
+    classifier = BertForSequenceClassification(num_outputs=3, **TINY)
     assert isinstance(classifier, BertForSequenceClassification) and classifier.vocab_size == TINY["vocab_size"]
     classifier_params = init_params(classifier)
     logits = forward(classifier, classifier_params, PADDED, train=True, rng=jax.random.PRNGKey(3))
     assert logits.shape == (2, 3) and logits.dtype == jnp.float32
 
-    # The registry gives the MLM its vocabulary through vocab_size, and a pretrained encoder moves into a
-    # classifier by name: both hold the same "bert" subtree.
-    sizes = {k: v for k, v in TINY.items() if k != "vocab_size"}
-    assert models.create("bert_mlm", num_outputs=77, **sizes).vocab_size == 77
+    # The registry gives the MLM the task's vocabulary and the classifier the tokenizer's, and a pretrained
+    # encoder moves into a classifier by name: both hold the same "bert" subtree.
+    from experiments.bert_pretrain import BertPretrain
+
+    sizes = BertPretrain(**{k: v for k, v in TINY.items() if k != "vocab_size"})
+    assert models.build("bert_mlm", sizes, models.ModelIO(num_outputs=77)).vocab_size == 77
+    built = models.build("bert_classifier", sizes, models.ModelIO(num_outputs=3, vocab_size=77))
+    assert (built.vocab_size, built.num_outputs, built.mlp_dim) == (77, 3, TINY["mlp_dim"])
     same_shapes = jax.tree.map(lambda a, b: a.shape == b.shape, params["bert"], classifier_params["bert"])
     assert all(jax.tree.leaves(same_shapes))
     assert set(classifier_params) == {"bert", "pooler", "classifier"}

@@ -65,7 +65,7 @@ def test_synthetic_has_the_asked_shape_and_bad_shapes_are_usage_errors():
 
 def test_validation_split_is_fixed_disjoint_and_covering():
     whole = data.load("wine").train
-    a, b = data.load("wine", validation_split=0.25, seed=1), data.load("wine", validation_split=0.25, seed=2)
+    a, b = data.load("wine", validation_split=0.25), data.load(data.DataSpec("wine", validation_split=0.25))
     np.testing.assert_array_equal(a.validation.x, b.validation.x)
     np.testing.assert_array_equal(a.train.y, b.train.y)
     assert len(a.validation) == round(0.25 * len(whole)) and len(a.train) + len(a.validation) == len(whole)

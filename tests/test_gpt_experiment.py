@@ -33,7 +33,8 @@ def test_gpt_trains_and_samples(shakespeare_dir, tmp_path):
     workdir = tmp_path / "gpt"
     common = [f"--workdir={workdir}", f"--data_dir={shakespeare_dir}", "--preset=cpu", "--block_size=32",
               "--embed_dim=64"]
-    out = run_module("experiments.gpt_shakespeare_char", *common, "--train_steps=200", "--eval_every_steps=100")
+    out = run_module("experiments.gpt_shakespeare_char", *common, "--train_steps=200", "--eval_every_steps=100",
+                     "--host_devices=4", "--mesh=fsdp:4")
     assert out.returncode == 0, out.stderr
     result = read_result(workdir)
     assert result["validation"]["loss"] < 3.0 < np.log(65), "learned more than the character frequencies"
@@ -43,7 +44,8 @@ def test_gpt_trains_and_samples(shakespeare_dir, tmp_path):
     assert "--train_steps=200" in flagfile and "--block_size=32" in flagfile, "explicit flags win"
     assert [r["step"] for r in read_metrics(workdir, "validation")] == [100, 200]
 
-    out = run_module("experiments.gpt_shakespeare_char", *common, "--mode=sample", "--prompt=ROMEO:",
+    # On one device, from the run's own config and tokenizer: no preset, block size or data flags again.
+    out = run_module("experiments.gpt_shakespeare_char", f"--workdir={workdir}", "--mode=sample", "--prompt=ROMEO:",
                      "--max_new_tokens=20", "--num_samples=2")
     assert out.returncode == 0, out.stderr
     samples = out.stdout.split("--- sample ")[1:]

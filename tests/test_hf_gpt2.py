@@ -120,6 +120,14 @@ def test_convert_writes_a_run_folder_that_load_params_reads(reference, tmp_path)
     with pytest.raises(UsageError, match="already holds checkpoints"):
         convert(folder, tmp_path / "run")
 
+    # Named, the fine-tuning experiment gets only the flags it defines; the rest is a warning where it matters.
+    written = convert(folder, tmp_path / "for_gpt", experiment="experiments.gpt_shakespeare_char")
+    assert "--use_bias=true" in written["flags"] and not any(f.startswith("--mlp_ratio") for f in written["flags"])
+    assert all("tie_embeddings" not in w for w in written["warnings"]), "GPT-2 ties them, as bmjax's default does"
+    with pytest.raises(UsageError, match="cannot be imported"):
+        convert(folder, tmp_path / "other", experiment="experiments.no_such_experiment")
+    assert not (tmp_path / "other" / "checkpoints").exists(), "nothing written for a bad --experiment"
+
 
 def test_bad_inputs_raise_usage_errors(reference, tmp_path):
     hf_model, folder, _ = reference

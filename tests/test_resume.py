@@ -2,15 +2,13 @@
 
 import random
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT, read_metrics, run_module, subprocess_env
+from conftest import kill_after_saving, read_metrics, run_module, saved_steps
 
 ARGS = ["--dataset=digits", "--train_steps=240", "--batch_size=32", "--checkpoint_every_steps=20",
         "--log_every_steps=10", "--dropout=0.2", "--eval_every_steps=40"]
@@ -22,25 +20,9 @@ def final_state(workdir):
         return manager.latest_step(), manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
 
 
-def saved_steps(workdir):
-    directory = Path(workdir) / "checkpoints"
-    return [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() else []
-
-
 def kill_after_checkpoint(workdir, extra, min_step, rng):
-    """Starts a run and SIGKILLs it at a random moment after checkpoint `min_step` is written."""
-    process = subprocess.Popen([sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={workdir}", *ARGS,
-                                *extra], cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not any(s >= min_step for s in saved_steps(workdir)):
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    time.sleep(rng.uniform(0, 0.3))
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    return process.returncode
+    return kill_after_saving([sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={workdir}", *ARGS, *extra],
+                             workdir, min_step, rng)
 
 
 def assert_same_state(a, b):

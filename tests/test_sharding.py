@@ -107,7 +107,7 @@ def test_optimizer_slots_take_their_parameters_axis_names():
         config = Config(workdir="/tmp/unused", optimizer="adamw", weight_decay=0.1, clip_grad_norm=1.0, freeze=freeze)
         tx = optim.create(config, 10)
         logical = state_lib.logical_axes(model, tx, tokens)
-        opt_state = state_lib.create(model, tx, tokens, 0).opt_state
+        opt_state = state_lib.create(model, tx, tokens, jax.random.PRNGKey(0)).opt_state
         assert jax.tree.structure(logical["opt_state"], is_leaf=is_spec) == jax.tree.structure(opt_state)
         specs = jax.tree.leaves(logical["opt_state"], is_leaf=is_spec)
         assert specs.count(P("embed", "heads", "kv")) == (2 if freeze else 4), "each trained query kernel: mu, nu"

@@ -83,9 +83,12 @@ def test_logits_shape_dtype_dropout_and_bad_batch(tiny):
 
 
 def test_registry_builds_t5_with_the_vocabulary_as_outputs():
-    model = models.create("t5", 50, num_layers=1, num_heads=2, embed_dim=16, head_dim=8, mlp_dim=32)
-    assert isinstance(model, T5) and model.vocab_size == 50
-    assert "vocab_size" not in models.hyperparameters("t5", model)  # filled from the task, not the config
+    from experiments.t5_sst2 import T5Sst2
+
+    config = T5Sst2(num_layers=1, num_heads=2, embed_dim=16, head_dim=8, mlp_dim=32, vocab_size=999)
+    model = models.build("t5", config, models.ModelIO(num_outputs=50))
+    assert isinstance(model, T5) and model.vocab_size == 50, "the task's vocabulary, not --vocab_size"
+    assert (model.num_layers, model.head_dim, model.mlp_dim, model.dropout) == (1, 8, 32, config.dropout)
 
 
 def test_encoder_padding_does_not_change_real_tokens(tiny):
@@ -242,7 +245,7 @@ def test_every_parameter_has_logical_axis_names():
 def test_matches_hugging_face_t5(feed_forward, tied):
     torch = pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0")
     transformers = pytest.importorskip("transformers", reason="transformers not installed: pip install transformers")
-    from bmjax.models.t5 import from_hf_config, from_hf_state_dict
+    from bmjax.hf.t5 import t5_model, t5_params
 
     torch.manual_seed(0)
     # 8 buckets up to distance 20 on 30 input tokens: exact, logarithmic and clipped buckets all occur.
@@ -257,9 +260,9 @@ def test_matches_hugging_face_t5(feed_forward, tied):
     with torch.no_grad():
         expected = hf_model(input_ids=inputs, attention_mask=(inputs != 0).long(), labels=targets).logits.numpy()
 
-    model = from_hf_config(config)
+    model = t5_model(config)
     assert model.tie_embeddings == tied and model.activation == ("relu" if tied else "geglu")
-    params = from_hf_state_dict(hf_model.state_dict(), config)
+    params = t5_params(hf_model.state_dict(), config)
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, jax.eval_shape(lambda: init_params(model)))
     x = {"inputs": jnp.asarray(inputs.numpy()), "targets": jnp.asarray(targets.numpy())}
     logits = forward(model, params, x)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from conftest import read_metrics, read_result, run_module
 
-from bmjax import models
 from bmjax.errors import UsageError
 from bmjax.models.vit import PRESETS, ViT, patchify
 
@@ -90,7 +89,7 @@ def test_preset_parameter_counts_at_224_with_1000_classes(preset, expected):
 
 
 def test_every_parameter_has_logical_axis_names():
-    model = models.create("vit", num_outputs=10, **PRESETS["mnist"])
+    model = ViT(num_outputs=10, **PRESETS["mnist"])
     boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28)))["params"]
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.Partitioned) and len(x.names) == x.value.ndim for x in leaves)

@@ -1,9 +1,9 @@
 """Datasets: bmjax's own (no network needed), TFDS's, and text sets, as random-access splits."""
 
-from bmjax.data.datasets import NAMES, load, prepare
+from bmjax.data.datasets import NAMES, DataSpec, load, prepare
 from bmjax.data.sources import ArraySource, Dataset, DatasetInfo, Source
 from bmjax.data.text import (CharTokenizer, SentencePieceTokenizer, load_tokenizer, mask_tokens, pack_sequences,
                              pad_sequences)
 
-__all__ = ["NAMES", "ArraySource", "CharTokenizer", "Dataset", "DatasetInfo", "SentencePieceTokenizer", "Source",
+__all__ = ["NAMES", "ArraySource", "CharTokenizer", "DataSpec", "Dataset", "DatasetInfo", "SentencePieceTokenizer", "Source",
            "load", "load_tokenizer", "mask_tokens", "pack_sequences", "pad_sequences", "prepare"]

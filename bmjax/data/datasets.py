@@ -1,6 +1,7 @@
-"""`load(name)`: bmjax's own datasets (no network needed) or any TFDS dataset, split and preprocessed."""
+"""`load(spec)`: bmjax's own datasets (no network needed) or any TFDS dataset, split and preprocessed."""
 
-from typing import Optional
+import dataclasses
+from typing import Optional, Union
 
 import numpy as np
 
@@ -12,19 +13,49 @@ from bmjax.errors import UsageError
 TEXT_ONLY_TASKS = ("language_model", "masked_lm", "seq2seq")
 
 
-def load(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
-         validation_split: Optional[float] = None, normalize: str = "none", seed: int = 0,
-         synthetic_examples: int = 1000, synthetic_features: int = 10, synthetic_classes: int = 2,
-         in_memory: bool = True, block_size: Optional[int] = None, task: str = "auto",
-         tokenizer: Optional[str] = None, vocab_size: int = 8000) -> Dataset:
-    """The dataset `name` with train/validation/test splits; normalisation fitted on train alone.
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Which dataset `load` reads, and in what form."""
+
+    name: str
+    data_dir: Optional[str] = None  # TFDS's data directory (default: its own)
+    manual_dir: Optional[str] = None  # raw files to prepare a TFDS dataset from offline
+    validation_split: Optional[float] = None  # a fixed fraction of the training split held out
+    normalize: str = "none"  # feature scaling fitted on the training split: none, minmax, standardize
+    synthetic_examples: int = 1000
+    synthetic_features: int = 10
+    synthetic_classes: int = 2
+    in_memory: bool = True  # TFDS splits decoded into memory (else read on access)
+    block_size: Optional[int] = None  # tokens per text example
+    task: str = "auto"  # the form of a text set: language_model, masked_lm, seq2seq or classification
+    tokenizer: Optional[str] = None  # char, sentencepiece, or a saved tokenizer's path
+    vocab_size: int = 8000  # pieces of a trained subword tokenizer
+
+    @classmethod
+    def of(cls, config, **overrides) -> "DataSpec":
+        """The spec a run's config describes (`--dataset` and the data flags)."""
+        return cls(name=config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
+                   validation_split=config.validation_split, normalize=config.normalize,
+                   synthetic_examples=config.synthetic_examples, synthetic_features=config.synthetic_features,
+                   synthetic_classes=config.synthetic_classes, block_size=config.block_size, task=config.task,
+                   tokenizer=config.tokenizer, vocab_size=config.vocab_size).replace(**overrides)
+
+    def replace(self, **changes) -> "DataSpec":
+        return dataclasses.replace(self, **changes)
+
+
+def load(spec: Union[DataSpec, str], **options) -> Dataset:
+    """The dataset `spec` names (or `DataSpec(name=spec, **options)`), with train/validation/test splits;
+    normalisation fitted on train alone.
 
     Text sets (tiny_shakespeare, sst2, any TFDS dataset with a Text feature) come in the form `task` asks
     for, tokenized by `tokenizer` ("char", "sentencepiece" with up to `vocab_size` pieces, or a saved file's
-    path; None takes char for a corpus, sentencepiece for sentences), `block_size` tokens an example.
-    `seed` is accepted for symmetry with the runner: splits are fixed per dataset.
+    path; None takes char for a corpus, sentencepiece for sentences), `block_size` tokens an example. Splits
+    are fixed per dataset, whatever the run's seed.
     """
-    del seed
+    spec = DataSpec(name=spec, **options) if isinstance(spec, str) else spec.replace(**options)
+    name, data_dir, manual_dir, task = spec.name, spec.data_dir, spec.manual_dir, spec.task
+    normalize, validation_split, tokenizer = spec.normalize, spec.validation_split, spec.tokenizer
     if normalize not in preprocess.NORMALIZATIONS:
         raise UsageError(f"unknown normalization {normalize!r}; choose one of: "
                          f"{', '.join(preprocess.NORMALIZATIONS)}")
@@ -32,10 +63,10 @@ def load(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str]
         raise UsageError(f"--validation_split must lie in (0, 1), got {validation_split}; e.g. 0.1 holds out "
                          "a tenth of the training split")
     if name in text.TEXT_DATASETS:  # windows of `block_size`; the splits are the corpus's own
-        return text.load(name, block_size=block_size, data_dir=data_dir, manual_dir=manual_dir, task=task,
-                         tokenizer=tokenizer, vocab_size=vocab_size)
+        return text.load(name, block_size=spec.block_size, data_dir=data_dir, manual_dir=manual_dir, task=task,
+                         tokenizer=tokenizer, vocab_size=spec.vocab_size)
     text_options = dict(data_dir=data_dir, manual_dir=manual_dir, validation_split=validation_split, task=task,
-                        tokenizer=tokenizer, vocab_size=vocab_size, block_size=block_size)
+                        tokenizer=tokenizer, vocab_size=spec.vocab_size, block_size=spec.block_size)
     if name == sst2.NAME:
         return sst2.load(name, **text_options)
     if name not in NAMES and sst2.is_text_dataset(tfds_source.builder(name, data_dir)):
@@ -45,10 +76,12 @@ def load(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str]
         raise UsageError(f"{what} needs a text dataset, and {name} is not one; use tiny_shakespeare, sst2 or a "
                          "TFDS dataset with a Text feature")
     if name in NAMES:
-        info, train, test = local.load(name, data_dir=data_dir, synthetic_examples=synthetic_examples,
-                                       synthetic_features=synthetic_features, synthetic_classes=synthetic_classes)
+        info, train, test = local.load(name, data_dir=data_dir, synthetic_examples=spec.synthetic_examples,
+                                       synthetic_features=spec.synthetic_features,
+                                       synthetic_classes=spec.synthetic_classes)
     else:
-        info, train, test = tfds_source.load(name, data_dir=data_dir, manual_dir=manual_dir, in_memory=in_memory)
+        info, train, test = tfds_source.load(name, data_dir=data_dir, manual_dir=manual_dir,
+                                             in_memory=spec.in_memory)
 
     validation = None
     if validation_split is not None:

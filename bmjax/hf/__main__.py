@@ -3,17 +3,18 @@
 OUT then holds an orbax checkpoint (OUT/checkpoints/0) with the imported parameters and a flag file of the
 model's architecture, so that an experiment fine-tunes from it:
 
-    python -m bmjax.hf convert path/to/gpt2 --workdir=runs/gpt2
+    python -m bmjax.hf convert path/to/gpt2 --workdir=runs/gpt2 --experiment=experiments.gpt_shakespeare_char
     python -m experiments.gpt_shakespeare_char --flagfile=runs/gpt2/model_flags.txt --restore_from=runs/gpt2 ...
 
-The architecture comes from config.json's `model_type` (gpt2; bert when `bmjax.hf.bert` is installed).
+The architecture comes from config.json's `model_type` (gpt2, bert, t5). `--experiment` names the experiment
+that will fine-tune (a module, or module:ConfigClass): the flag file then holds only the flags it defines.
 """
 
 import dataclasses
 import importlib
 import json
 import os
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -24,26 +25,17 @@ from bmjax.errors import UsageError, exit_on_usage_error
 from bmjax.hf import load_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder to write the bmjax run folder into (must hold no checkpoint).")
+_EXPERIMENT = flags.DEFINE_string("experiment", None, "The experiment that will fine-tune the model (a module such as "
+                                  "experiments.gpt_shakespeare_char, or module:ConfigClass): only its flags are "
+                                  "written.")
 
-# model_type -> (importer module, importer function, the experiment config whose flags build the same model)
-ARCHITECTURES = {
-    "gpt2": ("bmjax.hf.gpt2", "import_gpt2", "experiments.gpt_shakespeare_char:GptShakespeareChar"),
-    "bert": ("bmjax.hf.bert", "import_bert", None),
-}
+# model_type -> (importer module, importer function)
+ARCHITECTURES = {"gpt2": ("bmjax.hf.gpt2", "import_gpt2"), "bert": ("bmjax.hf.bert", "import_bert"),
+                 "t5": ("bmjax.hf.t5", "import_t5")}
 # Model fields that are not architecture: how a run computes, not what the checkpoint holds.
 NOT_ARCHITECTURE = {"parent", "name", "decode", "dtype", "param_dtype", "dropout", "remat", "vocab_size",
                     "num_outputs"}
 FLAGS_FILE = "model_flags.txt"
-
-
-@dataclasses.dataclass
-class _SavedState:
-    """The fields `Checkpointer.save` reads from a TrainState; a converted run has no optimizer state yet."""
-    step: Any
-    params: Any
-    opt_state: Any
-    model_state: Any
-    rng: Any
 
 
 def import_model(source: str) -> tuple[nn.Module, dict]:
@@ -52,7 +44,7 @@ def import_model(source: str) -> tuple[nn.Module, dict]:
     if model_type not in ARCHITECTURES:
         raise UsageError(f"{source}: config.json's model_type is {model_type!r}; bmjax imports "
                          f"{', '.join(ARCHITECTURES)}")
-    module_name, function_name, _ = ARCHITECTURES[model_type]
+    module_name, function_name = ARCHITECTURES[model_type]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -62,19 +54,15 @@ def import_model(source: str) -> tuple[nn.Module, dict]:
     return getattr(module, function_name)(source)
 
 
-def model_flags(model: nn.Module, experiment: Optional[str]) -> tuple[list[str], list[str]]:
+def model_flags(model: nn.Module, experiment: Optional[str] = None) -> tuple[list[str], list[str]]:
     """(flags that build `model`'s architecture, warnings about fields those flags cannot set).
 
-    `experiment` ("module:ConfigClass") limits the flags to the fields that experiment defines; a field it
-    lacks is only worth a warning when the model needs a value other than the model class's default.
+    `experiment` (a module, or "module:ConfigClass") limits the flags to the fields its config defines; a field
+    it lacks is only worth a warning when the model needs a value other than the model class's default.
     """
     known = None
     if experiment:
-        module_name, class_name = experiment.split(":")
-        try:
-            known = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module_name), class_name))}
-        except ImportError:  # the experiments folder is not on the path: name every field
-            known = None
+        known = {f.name for f in dataclasses.fields(_experiment_config(experiment))}
     defaults = {f.name: f.default for f in dataclasses.fields(model)}
     flag_list, warnings = [], []
     for name, default in defaults.items():
@@ -88,7 +76,26 @@ def model_flags(model: nn.Module, experiment: Optional[str]) -> tuple[list[str],
     return flag_list, warnings
 
 
-def convert(source: str, workdir: str) -> dict:
+def _experiment_config(experiment: str) -> type:
+    """The Config class of `experiment`: "module:Class", or the one Config subclass a module defines."""
+    from bmjax.config import Config
+
+    module_name, _, class_name = experiment.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UsageError(f"--experiment={experiment} cannot be imported ({e}); name a module such as "
+                         "experiments.gpt_shakespeare_char") from None
+    if class_name:
+        return getattr(module, class_name)
+    found = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, Config)
+             and c.__module__ == module.__name__]
+    if len(found) != 1:
+        raise UsageError(f"--experiment={experiment} defines {len(found)} configs; name one as module:ConfigClass")
+    return found[0]
+
+
+def convert(source: str, workdir: str, experiment: Optional[str] = None) -> dict:
     """Writes the imported model into `workdir` as a bmjax run folder; returns what it wrote."""
     from bmjax.train.checkpoint import Checkpointer
 
@@ -100,13 +107,14 @@ def convert(source: str, workdir: str) -> dict:
         raise UsageError(f"{checkpoints} already holds checkpoints; convert into a new --workdir")
     model, params = import_model(source)
     model_type = load_config(source)["model_type"]
-    state = _SavedState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.asarray, params), opt_state={},
-                        model_state={}, rng=jax.random.PRNGKey(0))
+    flag_list, warnings = model_flags(model, experiment)
+    # A run's state as --restore_from reads it; a converted run has no optimizer state yet.
+    state = {"step": jnp.zeros((), jnp.int32), "params": jax.tree.map(jnp.asarray, params), "opt_state": {},
+             "model_state": {}, "rng": jax.random.PRNGKey(0)}
     checkpointer = Checkpointer(workdir, 1)
     checkpointer.save(0, state)
     checkpointer.close()
 
-    flag_list, warnings = model_flags(model, ARCHITECTURES[model_type][2])
     with open(os.path.join(workdir, FLAGS_FILE), "w") as f:
         f.write(f"# the architecture of {source}, converted by python -m bmjax.hf convert\n")
         f.write("".join(line + "\n" for line in flag_list))
@@ -122,8 +130,8 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)  # orbax logs every step of a save at INFO
     if len(argv) != 3 or argv[1] != "convert" or not _WORKDIR.value:
-        raise UsageError("usage: python -m bmjax.hf convert HF_MODEL_FOLDER --workdir=OUT")
-    written = convert(argv[2], _WORKDIR.value)
+        raise UsageError("usage: python -m bmjax.hf convert HF_MODEL_FOLDER --workdir=OUT [--experiment=MODULE]")
+    written = convert(argv[2], _WORKDIR.value, _EXPERIMENT.value)
     workdir = _WORKDIR.value
     print(f"{written['model_type']} with {written['parameters']:,} parameters saved to {written['checkpoints']}")
     print(f"model flags (also in {os.path.join(workdir, FLAGS_FILE)}):\n  {' '.join(written['flags'])}")

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from bmjax.errors import UsageError
 from bmjax.models.transformer import ACTIVATIONS, INIT_STD, block_class, layer_norm, partitioned
+from bmjax.models.registry import register
 
 # Named sizes: Google's BERT miniatures (Turc et al., 2019) and the two original models. bert-base with a
 # 30522-token vocabulary has 109,482,240 parameters in its encoder and pooler, as `transformers.BertModel`.
@@ -184,3 +185,20 @@ class BertForSequenceClassification(BertSizes):
                           kernel_init=partitioned(nn.initializers.normal(INIT_STD), ("embed_out", "classes")),
                           bias_init=partitioned(nn.initializers.zeros, ("classes",)), name="classifier")(pooled)
         return logits.astype(jnp.float32)
+
+
+def _encoder_sizes(config) -> dict:
+    return dict(block_size=config.block_size, num_layers=config.num_layers, num_heads=config.num_heads,
+                embed_dim=config.embed_dim, mlp_dim=config.mlp_dim, dropout=config.dropout, remat=config.remat,
+                dtype=config.compute_dtype)
+
+
+@register("bert_mlm")
+def build_bert_mlm(config, io) -> BertForMaskedLM:
+    return BertForMaskedLM(vocab_size=io.num_outputs, **_encoder_sizes(config))
+
+
+@register("bert_classifier")
+def build_bert_classifier(config, io) -> BertForSequenceClassification:
+    return BertForSequenceClassification(num_outputs=io.num_outputs, vocab_size=io.vocab_size or BertSizes.vocab_size,
+                                         **_encoder_sizes(config))

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmjax.models.mlp import KERNEL_INIT
+from bmjax.models.registry import register
 
 
 class SeedCNN(nn.Module):
@@ -35,3 +36,10 @@ class SeedCNN(nn.Module):
             x = nn.relu(nn.Dense(width, kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype)(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_outputs, kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+
+
+@register("cnn")
+def build_cnn(config, io) -> SeedCNN:
+    return SeedCNN(num_outputs=io.num_outputs, conv_features=config.conv_features, hidden_sizes=config.hidden_sizes,
+                   kernel_size=config.kernel_size, conv_padding=config.conv_padding, dropout=config.dropout,
+                   remat=config.remat, dtype=config.compute_dtype)

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmjax.models.transformer import INIT_STD, block_class, layer_norm, partitioned
+from bmjax.models.registry import register
 
 # Named sizes. "nano" is nanoGPT's CPU Shakespeare-character setup; "gpt2" is GPT-2 small (124M parameters
 # with tied embeddings), "gpt2-medium" the 350M one.
@@ -92,3 +93,11 @@ class GPT(nn.Module):
                               kernel_init=partitioned(nn.initializers.normal(INIT_STD), ("embed", "vocab")),
                               name="head")(x)
         return logits.astype(jnp.float32)
+
+
+@register("gpt")
+def build_gpt(config, io) -> GPT:
+    return GPT(vocab_size=io.num_outputs, block_size=config.block_size, num_layers=config.num_layers,
+               num_heads=config.num_heads, num_kv_heads=config.num_kv_heads, embed_dim=config.embed_dim,
+               positions=config.positions, activation=config.activation, use_bias=config.use_bias,
+               dropout=config.dropout, remat=config.remat, dtype=config.compute_dtype)

@@ -5,6 +5,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bmjax.models.registry import register
+
 # Keras's default, which the seed models were specified with; it also trains them slightly better
 # than Flax's lecun_normal (seed MLP on MNIST, 3 seeds: test accuracy 0.9771 against 0.9758).
 KERNEL_INIT = nn.initializers.glorot_uniform()
@@ -42,3 +44,9 @@ class MLP(nn.Module):
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_outputs, kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype,
                         name=f"Dense_{len(self.hidden_sizes)}")(x)
+
+
+@register("mlp")
+def build_mlp(config, io) -> MLP:
+    return MLP(num_outputs=io.num_outputs, hidden_sizes=config.hidden_sizes, activation=config.activation,
+               dropout=config.dropout, remat=config.remat, dtype=config.compute_dtype)

@@ -10,7 +10,7 @@ from the tied embedding, with the decoder output scaled by embed_dim**-0.5 (v1.0
 `x` = {"inputs": [batch, input_len] int32, "targets": [batch, target_len] int32}; 0 is padding and also the
 decoder's start token: the decoder reads the targets shifted right by one. `generate` decodes with a KV cache.
 
-Differences from Hugging Face: none in evaluation (`from_hf_state_dict` loads its weights; the tests check the
+Differences from Hugging Face: none in evaluation (`bmjax.hf.t5` loads its weights; the tests check the
 logits). In training, HF's dropout between the MLP's activation and its output projection is left out, and the
 attention and MLP projections start from bmjax's N(0, 0.02) rather than T5's fan-in-scaled initialisation (the
 token embedding and relative-bias table do start from T5's N(0, 1)). In decoding, the cross-attention keys and
@@ -24,10 +24,10 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bmjax.errors import UsageError
 from bmjax.generate import sample_token
+from bmjax.models.registry import register
 from bmjax.models.transformer import MLP, MultiHeadAttention, partitioned
 
 PAD_ID = 0  # padding, and the decoder's start token
@@ -372,85 +372,8 @@ def generate(model: T5, params, inputs, max_length: int, rng=None, *, greedy: bo
                      top_p, greedy, jnp.asarray(eos_id, jnp.int32))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Hugging Face weights.
-
-def hf_ties_embeddings(hf_config) -> bool:
-    """Whether a `transformers.T5Config` computes logits as v1.0 does: tied embedding, decoder output scaled by
-    d_model**-0.5. transformers 5 says so in `scale_decoder_outputs` (and always sets tie_word_embeddings);
-    earlier versions in `tie_word_embeddings`."""
-    return bool(getattr(hf_config, "scale_decoder_outputs", hf_config.tie_word_embeddings))
-
-
-def from_hf_config(hf_config, **overrides) -> T5:
-    """The bmjax T5 of a `transformers.T5Config` (gated-gelu v1.1 configs become activation="geglu")."""
-    if hf_config.feed_forward_proj not in ("relu", "gated-gelu"):
-        raise UsageError(f"feed_forward_proj {hf_config.feed_forward_proj!r} is not supported; "
-                         "bmjax's T5 has 'relu' (v1.0) and 'gated-gelu' (v1.1)")
-    fields = dict(vocab_size=hf_config.vocab_size, num_layers=hf_config.num_layers, num_heads=hf_config.num_heads,
-                  embed_dim=hf_config.d_model, head_dim=hf_config.d_kv, mlp_dim=hf_config.d_ff,
-                  num_decoder_layers=hf_config.num_decoder_layers, dropout=hf_config.dropout_rate,
-                  activation="geglu" if hf_config.feed_forward_proj == "gated-gelu" else "relu",
-                  tie_embeddings=hf_ties_embeddings(hf_config),
-                  relative_buckets=hf_config.relative_attention_num_buckets,
-                  relative_max_distance=hf_config.relative_attention_max_distance,
-                  norm_epsilon=hf_config.layer_norm_epsilon)
-    return T5(**{**fields, **overrides})
-
-
-def from_hf_state_dict(state_dict, config) -> dict:
-    """bmjax T5 params from a Hugging Face `T5ForConditionalGeneration` state dict (torch tensors or arrays).
-
-    `config` is the `transformers.T5Config`. torch's Linear stores [out, in]; flax kernels are [in, out], with
-    the attention's head axis split out: query/key/value [embed, heads, head_dim], out [heads, head_dim, embed].
-    """
-    def array(name):
-        value = state_dict[name]
-        if hasattr(value, "detach"):  # a torch tensor
-            value = value.detach().cpu().float().numpy()
-        return jnp.asarray(np.asarray(value, np.float32))
-
-    heads, head_dim, embed = config.num_heads, config.d_kv, config.d_model
-
-    def attention(prefix):
-        split_in = lambda w: w.T.reshape(embed, heads, head_dim)
-        return {"query": {"kernel": split_in(array(f"{prefix}.q.weight"))},
-                "key": {"kernel": split_in(array(f"{prefix}.k.weight"))},
-                "value": {"kernel": split_in(array(f"{prefix}.v.weight"))},
-                "out": {"kernel": array(f"{prefix}.o.weight").T.reshape(heads, head_dim, embed)}}
-
-    def mlp(prefix):
-        if config.feed_forward_proj == "gated-gelu":
-            layers = {"gate": array(f"{prefix}.wi_0.weight"), "up": array(f"{prefix}.wi_1.weight")}
-        else:
-            layers = {"up": array(f"{prefix}.wi.weight")}
-        layers["down"] = array(f"{prefix}.wo.weight")
-        return {name: {"kernel": w.T} for name, w in layers.items()}
-
-    norm = lambda name: {"scale": array(name)}
-
-    def stack(side, num_layers, sublayers):
-        params = {"relative_bias": {"embedding": array(
-                      f"{side}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")},
-                  "final_norm": norm(f"{side}.final_layer_norm.weight")}
-        for i in range(num_layers):
-            params[f"layer_{i}"] = sublayers(f"{side}.block.{i}.layer")
-        return params
-
-    encoder_layer = lambda p: {"attention_norm": norm(f"{p}.0.layer_norm.weight"),
-                               "attention": attention(f"{p}.0.SelfAttention"),
-                               "mlp_norm": norm(f"{p}.1.layer_norm.weight"),
-                               "mlp": mlp(f"{p}.1.DenseReluDense")}
-    decoder_layer = lambda p: {"self_attention_norm": norm(f"{p}.0.layer_norm.weight"),
-                               "self_attention": attention(f"{p}.0.SelfAttention"),
-                               "cross_attention_norm": norm(f"{p}.1.layer_norm.weight"),
-                               "cross_attention": attention(f"{p}.1.EncDecAttention"),
-                               "mlp_norm": norm(f"{p}.2.layer_norm.weight"),
-                               "mlp": mlp(f"{p}.2.DenseReluDense")}
-    params = {"token_embedding": {"embedding": array("shared.weight")},
-              "encoder": stack("encoder", config.num_layers, encoder_layer),
-              "decoder": stack("decoder", config.num_decoder_layers or config.num_layers, decoder_layer)}
-    if not hf_ties_embeddings(config):
-        # An unscaled head; transformers 5 may keep it tied to the shared embedding and leave it out.
-        params["head"] = {"kernel": array("lm_head.weight" if "lm_head.weight" in state_dict else "shared.weight").T}
-    return params
+@register("t5")
+def build_t5(config, io) -> T5:
+    return T5(vocab_size=io.num_outputs, num_layers=config.num_layers, num_heads=config.num_heads,
+              embed_dim=config.embed_dim, head_dim=config.head_dim, mlp_dim=config.mlp_dim,
+              activation=config.activation, dropout=config.dropout, remat=config.remat, dtype=config.compute_dtype)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from bmjax.errors import UsageError
 from bmjax.models.transformer import INIT_STD, block_class, layer_norm, partitioned
+from bmjax.models.registry import register
 
 # Named sizes. The paper's Ti/S/B at patch 16 (Ti and S as in DeiT); at 224x224 with 1000 classes ViT-B/16
 # has 86,567,656 parameters. "mnist" is a small one that trains on 28x28 digits on a CPU in minutes.
@@ -110,3 +111,10 @@ class ViT(nn.Module):
 def _largest_common_divisor_below(height: int, width: int, limit: int) -> int:
     """The largest patch size up to `limit` that divides both sides (1 at worst)."""
     return max(p for p in range(1, limit + 1) if height % p == 0 and width % p == 0)
+
+
+@register("vit")
+def build_vit(config, io) -> ViT:
+    return ViT(num_outputs=io.num_outputs, patch_size=config.patch_size, num_layers=config.num_layers,
+               num_heads=config.num_heads, embed_dim=config.embed_dim, mlp_dim=config.mlp_dim, dropout=config.dropout,
+               remat=config.remat, dtype=config.compute_dtype)

@@ -1,83 +1,99 @@
-"""The runner: config -> data, model, task, strategy -> train, evaluate, checkpoint, report.
+"""The runner: config -> program, feed, strategy -> train, evaluate, checkpoint, report. One loop for every program.
 
-Training runs in *segments* that end wherever something must happen (a log, an
-evaluation, a checkpoint, the end of an epoch). The boundaries depend only on the
-step numbers, so a resumed run repeats exactly the computation of an
-uninterrupted one.
+Training runs in *segments* that end wherever something must happen (a log, an evaluation, a checkpoint, the
+end of an epoch). The boundaries depend only on the step numbers, so a resumed run repeats exactly the
+computation of an uninterrupted one; the feed runs each segment in calls of a fixed number of steps, so that
+the cadence flags never cause a new compilation.
 """
 
 import dataclasses
 import json
-import math
 import os
+import sys
 import time
-from concurrent import futures
+from typing import Optional
 
 import jax
 import numpy as np
+from flax import serialization
 
-from bmjax import data, models, optim, tasks
 from bmjax.config import Config
-from bmjax.data import pipeline, preprocess
 from bmjax.errors import UsageError
-from bmjax.train import runlog, state as state_lib, step as step_lib, strategy as strategy_lib
+from bmjax.train import feeds, runlog, strategy as strategy_lib
 from bmjax.train.checkpoint import Checkpointer, load_params
+from bmjax.train.program import Context, ManySeeds, seed_keys
 
-DEVICE_DATA_LIMIT_BYTES = 2 << 30
-TOKENIZER_FILE = "tokenizer"
+RUN_FILE = "run.json"  # what bmjax.restore needs to rebuild the run's model
+FINE_TUNED = ("params", "model_state")  # the parts of a state --restore_from carries into a new run
 _distributed_started = False
+_compilations = {"count": 0, "seconds": 0.0}
 
 
 class TrainingDiverged(UsageError):
-    """The loss became NaN or infinite."""
+    """A metric became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When things happen, from step numbers alone: segments end at every multiple of every interval."""
+
+    total_steps: int
+    steps_per_epoch: Optional[int]  # None: a program that makes its own data has no epochs
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def of(cls, config: Config, dataset) -> "Schedule":
+        """Evaluations and checkpoints each epoch by default, or at each log without epochs."""
+        steps_per_epoch, total_steps = feeds.run_length(config, dataset)
+        default = steps_per_epoch or config.log_every_steps
+        return cls(total_steps, steps_per_epoch, config.log_every_steps, config.eval_every_steps or default,
+                   config.checkpoint_every_steps or default)
+
+    @property
+    def intervals(self) -> list[int]:
+        """Every cadence, the epoch and the run's length: a segment ends at each multiple of each."""
+        epoch = [self.steps_per_epoch] if self.steps_per_epoch else []
+        return [self.log_every, self.eval_every, self.checkpoint_every] + epoch + [self.total_steps]
+
+    def segments(self, start: int):
+        """(first, end) of each segment from step `start` on."""
+        while start < self.total_steps:
+            end = min((start // i + 1) * i for i in self.intervals)
+            yield start, end
+            start = end
 
 
 def run(config: Config, command: str = "bmjax") -> dict:
     """Trains (or resumes, or reports) the run `config` describes; returns result.json's content."""
     config = config.validate()
     _start_jax(config)
-    began = time.time()
+    began, compiled = time.time(), dict(_compilations)
     primary = jax.process_index() == 0
     workdir = _prepare_workdir(config.workdir)
-    dataset = data.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
-                        validation_split=config.validation_split, normalize=config.normalize, seed=config.seed,
-                        synthetic_examples=config.synthetic_examples,
-                        synthetic_features=config.synthetic_features,
-                        synthetic_classes=config.synthetic_classes, block_size=config.block_size,
-                        task=config.task, tokenizer=_tokenizer_for(config, workdir), vocab_size=config.vocab_size)
-    task = tasks.create(config.task, dataset, mask_rate=config.mask_rate)
-    model = models.create(config.model, num_outputs=task.num_outputs,
-                          **models.hyperparameters(config.model, config, vocab_size=dataset.info.vocab_size))
-    strategy = strategy_lib.create(config.parallel, config.batch_size, config.mesh)
-    if config.batch_size % (strategy.num_shards * config.grad_accum_steps):
-        raise UsageError(f"--batch_size={config.batch_size} does not split into --grad_accum_steps="
-                         f"{config.grad_accum_steps} micro-batches on each of {strategy.num_shards} devices; use a "
-                         f"multiple of {strategy.num_shards * config.grad_accum_steps}")
+    strategy = strategy_lib.create(config.parallel, config.mesh)
+    plan = config.build_program(Context(workdir, strategy.axis_name, strategy.num_shards, primary))
+    seeds = tuple(config.seed + i for i in range(config.num_seeds))
+    program = plan.program if len(seeds) == 1 else ManySeeds(plan.program, seeds)
+    schedule = Schedule.of(config, plan.dataset)
+    feed = feeds.create(config, plan.dataset, program, strategy, seeds, schedule.steps_per_epoch, schedule.intervals)
 
-    steps_per_epoch = len(dataset.train) // config.batch_size
-    if steps_per_epoch == 0:
-        raise UsageError(f"--batch_size={config.batch_size} is larger than the {len(dataset.train)} training "
-                         f"examples of {config.dataset}; use a smaller batch")
-    total_steps = config.train_steps or config.epochs * steps_per_epoch
-    example_x = preprocess.to_float(dataset.train[np.arange(1)]["x"])
-    tx = optim.create(config, total_steps)
-    state = state_lib.create(model, tx, example_x, config.seed)
-    flops_per_step = _flops_per_step(task, config, state, dataset.train[np.arange(config.batch_size)])
-    logical_axes = state_lib.logical_axes(model, tx, example_x)
-    place = lambda s: strategy.place_state(s, logical_axes)
+    state = program.init(seed_keys(seeds))
+    logical = program.state_axes(state)
+    place = lambda s: strategy.place_state(s, logical)
+    canonical = lambda s: strategy.canonical(s, logical)
+    flops_per_step = _flops_per_step(program, state, feed.example_batch(), strategy.axis_name)
     state = place(state)
-
     checkpoints = Checkpointer(workdir, config.keep_checkpoints)
     if checkpoints.latest_step() is not None:  # restored straight into this run's shardings
-        state = place(checkpoints.restore(strategy.canonical(state)))
+        state = place(checkpoints.restore(canonical(state)))
     elif config.restore_from:
-        canonical = strategy.canonical(state)
-        params, model_state, _ = load_params(config.restore_from, canonical.params, canonical.model_state)
-        state = place(canonical.replace(params=params, model_state=model_state))
-    start_step = int(strategy.fetch(state.step))
+        state = place(_fine_tune_start(canonical(state), config.restore_from, len(seeds)))
+    start_step = int(np.max(strategy.fetch(_step_of(state))))
 
     result_path = os.path.join(workdir, "result.json")
-    if start_step >= total_steps and os.path.exists(result_path):
+    if start_step >= schedule.total_steps and os.path.exists(result_path):
         checkpoints.close()
         with open(result_path) as f:
             result = json.load(f)
@@ -85,57 +101,33 @@ def run(config: Config, command: str = "bmjax") -> dict:
             print(f"{workdir} has finished {start_step} steps; its result:")
             _print_result(result)
         return result
-
     if primary:
-        from bmjax.cli import flagfile_text
         with open(os.path.join(workdir, "flags.txt"), "w") as f:
-            f.write(flagfile_text(config, command))
-        if dataset.tokenizer is not None:  # the tokenizer travels with the parameters (resume, --restore_from)
-            dataset.tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
+            f.write(config.flagfile_text(command))
+        _write_run_record(workdir, config, plan, seeds)
 
-    feed = _make_feed(config, dataset, task, strategy)
-    log = runlog.RunLog(workdir, total_steps, start_step, enabled=primary)
-    eval_every = config.eval_every_steps or steps_per_epoch
-    checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
-    intervals = (config.log_every_steps, eval_every, checkpoint_every, steps_per_epoch)
-    epoch_seconds, train_seconds = {}, 0.0
+    log = runlog.RunLog(workdir, schedule.total_steps, start_step, enabled=primary)
     try:
-        step = start_step
-        while step < total_steps:
-            end = min([total_steps] + [(step // i + 1) * i for i in intervals])
-            epoch = step // steps_per_epoch
-            indices = pipeline.train_indices(config.seed, epoch, len(dataset.train), config.batch_size,
-                                             step - epoch * steps_per_epoch, end - step)
-            tick = time.time()
-            state, sums = feed.train(state, indices)
-            seconds = time.time() - tick
-            _check_finite(sums["loss"], step, checkpoints, workdir)
-            step = end
-            log.write(step, "train", task.summarize(_total(sums)), steps_per_second=(len(indices) / seconds),
-                      learning_rate=float(optim.schedule(config, total_steps)(step)))
-            if step % eval_every == 0 and step < total_steps and dataset.validation is not None:
-                log.write(step, "validation", task.summarize(feed.evaluate(state, "validation")))
-            seconds = time.time() - tick  # an epoch's time includes its validation, as Keras counts it
-            train_seconds += seconds
-            epoch_seconds[epoch] = epoch_seconds.get(epoch, 0.0) + seconds
-            if step % checkpoint_every == 0 or step == total_steps:
-                checkpoints.save(step, strategy.canonical(state))
-
-        result = {"experiment": command, "dataset": config.dataset, "model": config.model,
-                  "strategy": strategy.name, "devices": strategy.num_shards, "processes": jax.process_count(),
-                  "steps": total_steps, "epochs": total_steps / steps_per_epoch,
-                  "parameters": state_lib.parameter_count(strategy.canonical(state).params),
-                  "trainable_parameters": optim.trainable_count(config, strategy.canonical(state).params),
-                  "flops_per_step": flops_per_step}
-        for split in ("validation", "test"):
-            if getattr(dataset, split) is not None:
-                result[split] = task.summarize(feed.evaluate(state, split), detailed=True)
-                log.write(total_steps, split, result[split], echo=False)  # printed with the report below
+        state, times = _train(program, feed, schedule, state, start_step, log, checkpoints, canonical, seeds)
+        result = {"experiment": command, "program": type(plan.program).__name__, "strategy": strategy.name,
+                  "devices": strategy.num_shards, "processes": jax.process_count(), "steps": schedule.total_steps,
+                  **program.describe(canonical(state)), "flops_per_step": flops_per_step}
+        if plan.model_io is not None:
+            result["model"] = config.model
+        if plan.dataset is not None:
+            result.update(dataset=config.dataset, epochs=schedule.total_steps / schedule.steps_per_epoch)
+        for split in feed.splits:
+            result[split] = program.summarize(feed.evaluate(state, split), detailed=True)
+            log.write(schedule.total_steps, split, result[split], echo=False)  # printed with the report below
+        trained, train_seconds = schedule.total_steps - start_step, sum(times.values())
         result.update(seconds=time.time() - began, train_seconds=train_seconds,
-                      epoch_seconds=[epoch_seconds[e] for e in sorted(epoch_seconds)],
-                      steps_per_second=(total_steps - start_step) / max(train_seconds, 1e-9),
-                      flops_per_second=flops_per_step * (total_steps - start_step) / max(train_seconds, 1e-9),
+                      steps_per_second=trained / max(train_seconds, 1e-9),
+                      flops_per_second=flops_per_step * trained / max(train_seconds, 1e-9),
+                      compilations=_compilations["count"] - compiled["count"],
+                      compile_seconds=_compilations["seconds"] - compiled["seconds"],
                       flags=dataclasses.asdict(config))
+        if schedule.steps_per_epoch:
+            result["epoch_seconds"] = [times[e] for e in sorted(times)]
     finally:
         checkpoints.close()
         log.close()
@@ -143,127 +135,70 @@ def run(config: Config, command: str = "bmjax") -> dict:
     if primary:
         with open(result_path, "w") as f:
             json.dump(result, f, indent=2)
-        runlog.plot_curves(workdir)
+        runlog.plot_curves(workdir, title=f"{os.path.basename(workdir)} ({command})")
         _print_result(result)
     return result
 
 
-class _DeviceFeed:
-    """The dataset lives on the devices; k steps run in one compiled `lax.scan`, batches gathered there.
-
-    Both feeds' `train` returns the new state and per-step metric sums on the host; `evaluate`, a split's sums.
-    """
-
-    def __init__(self, dataset, train_step, eval_step, strategy, eval_batch_size, steps_per_call):
-        self.dataset, self.strategy, self.eval_batch_size = dataset, strategy, eval_batch_size
-        self.steps_per_call = steps_per_call
-        self.arrays, self.eval_fns = {}, {}
-        self.eval_step = eval_step
-        self.train_fn = strategy.compile(step_lib.scan_train(train_step, dataset.train.gather,
-                                                             strategy.constrain_batch))
-
-    def _on_device(self, split):
-        if split not in self.arrays:
-            self.arrays[split] = self.strategy.replicate(getattr(self.dataset, split).device_arrays())
-        return self.arrays[split]
-
-    def train(self, state, indices):
-        chunk = self.steps_per_call or len(indices)
-        all_sums = []
-        for start in range(0, len(indices), chunk):
-            state, sums = self.train_fn(state, self._on_device("train"),
-                                        self.strategy.shard(indices[start:start + chunk], axis=1))
-            all_sums.append(sums)
-        return state, jax.tree.map(lambda *s: np.concatenate([self.strategy.fetch(x) for x in s]), *all_sums)
-
-    def evaluate(self, state, split):
-        source = getattr(self.dataset, split)
-        if split not in self.eval_fns:  # each split cuts its batches its own way
-            self.eval_fns[split] = self.strategy.compile(
-                step_lib.scan_eval(self.eval_step, source.gather, self.strategy.constrain_batch), donate_state=False)
-        indices, mask = pipeline.eval_indices(len(source), self.eval_batch_size)
-        sums = self.eval_fns[split](state, self._on_device(split), self.strategy.shard(indices, axis=1),
-                                    self.strategy.shard(mask, axis=1))
-        return self.strategy.fetch(sums)
+def _train(program, feed, schedule: Schedule, state, start_step: int, log, checkpoints, canonical, seeds):
+    """The one loop: each segment's steps, then whatever falls due at its end (a log, an evaluation of every split
+    but the test split, a checkpoint). Returns the state and the seconds spent per epoch (or in all, as epoch 0)."""
+    seconds = {}
+    for first, end in schedule.segments(start_step):
+        tick = time.time()
+        state, sums = feed.train(state, first, end - first)
+        took = time.time() - tick
+        _check_finite(sums, first, seeds, checkpoints)
+        log.write(end, "train", program.summarize(_total(sums)), steps_per_second=(end - first) / took,
+                  **program.learning_rates(end))
+        if end % schedule.eval_every == 0 and end < schedule.total_steps:
+            for split in feed.splits:
+                if split != "test":  # the test split is evaluated once, at the end
+                    log.write(end, split, program.summarize(feed.evaluate(state, split)))
+        epoch = first // schedule.steps_per_epoch if schedule.steps_per_epoch else 0
+        seconds[epoch] = seconds.get(epoch, 0.0) + time.time() - tick  # an epoch's validation counts, as in Keras
+        if end % schedule.checkpoint_every == 0 or end == schedule.total_steps:
+            checkpoints.save(end, canonical(state))
+    return state, seconds
 
 
-class _HostFeed:
-    """Batches are read on the host (each process its own part), one compiled step per batch, prefetched."""
-
-    def __init__(self, dataset, train_step, eval_step, strategy, eval_batch_size):
-        self.dataset, self.strategy, self.eval_batch_size = dataset, strategy, eval_batch_size
-        self.train_fn = strategy.compile(train_step)
-        self.eval_fn = strategy.compile(eval_step, donate_state=False)
-        self.pool = futures.ThreadPoolExecutor(1)
-
-    def _batches(self, source, indices, mask=None):
-        """Device batches for each row of `indices`, the next one read while the current one computes."""
-
-        def load(i):
-            rows = pipeline.process_part(indices[i], jax.process_index(), jax.process_count())
-            batch = source[rows]
-            if mask is not None:
-                batch["mask"] = pipeline.process_part(mask[i], jax.process_index(), jax.process_count())
-            return self.strategy.shard(batch)
-
-        pending = self.pool.submit(load, 0)
-        for i in range(len(indices)):
-            batch = pending.result()
-            if i + 1 < len(indices):
-                pending = self.pool.submit(load, i + 1)
-            yield batch
-
-    def train(self, state, indices):
-        all_sums = []
-        for batch in self._batches(self.dataset.train, indices):
-            state, sums = self.train_fn(state, batch)
-            all_sums.append(sums)
-        return state, jax.tree.map(lambda *s: np.stack([self.strategy.fetch(x) for x in s]), *all_sums)
-
-    def evaluate(self, state, split):
-        indices, mask = pipeline.eval_indices(len(getattr(self.dataset, split)), self.eval_batch_size)
-        total = None
-        for batch in self._batches(getattr(self.dataset, split), indices, mask):
-            sums = self.strategy.fetch(self.eval_fn(state, batch))
-            total = sums if total is None else jax.tree.map(np.add, total, sums)
-        return total
+def _fine_tune_start(state, run_dir: str, num_seeds: int):
+    """`state` with the parameters (and model state) of another run's newest checkpoint."""
+    tree = serialization.to_state_dict(state)
+    if not set(FINE_TUNED) <= set(tree):
+        raise UsageError(f"--restore_from starts a run from another's {' and '.join(FINE_TUNED)}, and this program's "
+                         "state has none; leave --restore_from out")
+    params, model_state, _ = load_params(run_dir, tree["params"], tree["model_state"],
+                                         seeds=num_seeds if num_seeds > 1 else None)
+    return serialization.from_state_dict(state, {**tree, "params": params, "model_state": model_state})
 
 
-def _make_feed(config, dataset, task, strategy):
-    axis_name = strategy.axis_name
-    train_step = step_lib.make_train_step(task, l1=config.l1, l2=config.l2, axis_name=axis_name,
-                                          grad_accum_steps=config.grad_accum_steps)
-    eval_step = step_lib.make_eval_step(task, axis_name=axis_name)
-    shards = strategy.num_shards
-    eval_batch_size = max(shards, min(config.eval_batch_size, -(-len(dataset.test) // shards) * shards)
-                          // shards * shards)
-    splits = [s for s in (dataset.train, dataset.validation, dataset.test) if s is not None]
-    in_memory = all(hasattr(s, "device_arrays") for s in splits)
-    placement = config.data_placement
-    if placement == "device" and (not in_memory or jax.process_count() > 1):
-        raise UsageError("--data_placement=device needs an in-memory dataset and a single process; "
-                         "use --data_placement=host")
-    if placement == "auto":
-        size = sum(a.nbytes for s in splits for a in jax.tree.leaves(s.device_arrays())) if in_memory else math.inf
-        placement = "device" if jax.process_count() == 1 and size <= DEVICE_DATA_LIMIT_BYTES else "host"
-    if placement == "device":
-        return _DeviceFeed(dataset, train_step, eval_step, strategy, eval_batch_size, config.steps_per_call)
-    return _HostFeed(dataset, train_step, eval_step, strategy, eval_batch_size)
+def _write_run_record(workdir: str, config: Config, plan, seeds) -> None:
+    """run.json: the experiment's config class and values, and how its model is built, for bmjax.restore."""
+    cls = type(config)
+    module = cls.__module__
+    main = sys.modules.get("__main__")
+    if module == "__main__" and main is not None:  # python -m experiments.NAME, or python path/to/file.py
+        spec, path = getattr(main, "__spec__", None), getattr(main, "__file__", None)  # (a notebook has neither)
+        module = spec.name if spec is not None else os.path.abspath(path) if path else module
+    record = {"config_class": f"{module}:{cls.__qualname__}", "config": dataclasses.asdict(config),
+              "program": type(plan.program).__name__, "seeds": list(seeds),
+              "model_io": plan.model_io.to_json() if plan.model_io is not None else None,
+              "dataset_info": dataclasses.asdict(plan.dataset.info) if plan.dataset is not None else None}
+    with open(os.path.join(workdir, RUN_FILE), "w") as f:
+        json.dump(record, f, indent=2)
 
 
-def _tokenizer_for(config: Config, workdir: str):
-    """The tokenizer a text run reads with: the one this workdir saved (a resumed run), else --tokenizer, else the
-    one --restore_from's run saved (fine-tuning keeps its vocabulary)."""
-    own, restored = (os.path.join(d, TOKENIZER_FILE) if d else "" for d in (workdir, config.restore_from))
-    if os.path.exists(own):
-        return own
-    return config.tokenizer or (restored if os.path.exists(restored) else None)
+def _step_of(state):
+    return state["step"] if isinstance(state, dict) else state.step
 
 
-def _flops_per_step(task, config: Config, state, batch) -> float:
+def _flops_per_step(program, state, batch, axis_name) -> float:
     """FLOPs of one train step on the global batch, as XLA counts them in the compiled program (forward,
-    backward and optimizer update), from shapes alone."""
-    step = step_lib.make_train_step(task, l1=config.l1, l2=config.l2, grad_accum_steps=config.grad_accum_steps)
+    backward and update), from shapes alone. A pmap program's collectives are bound to a one-device axis."""
+    step = program.train_step
+    if axis_name:
+        step = jax.vmap(step, in_axes=None, out_axes=None, axis_size=1, axis_name=axis_name)
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), (state, batch))
     cost = jax.jit(step).lower(*shapes).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -275,14 +210,32 @@ def _total(sums):
     return jax.tree.map(lambda s: np.asarray(s, np.float64).sum(0), sums)
 
 
-def _check_finite(losses, first_step, checkpoints, workdir):
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-        kept = checkpoints.latest_step()
-        kept = f"the last good checkpoint, step {kept}, is kept in {checkpoints.directory}" if kept is not None \
-            else f"no checkpoint had been saved yet in {workdir}"
-        raise TrainingDiverged(f"the loss became {losses[bad[0]]} at step {first_step + int(bad[0]) + 1}; "
-                               f"training stopped and {kept}; lower --learning_rate or set --clip_grad_norm")
+def _check_finite(sums, first_step: int, seeds, checkpoints) -> None:
+    """TrainingDiverged naming the first step (and seed) whose metric sums hold a NaN or an infinity."""
+    found = []  # (index [step, seed?, ...], metric, value)
+    for path, values in jax.tree_util.tree_flatten_with_path(sums)[0]:
+        values = np.asarray(values)
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            index = tuple(np.argwhere(~np.isfinite(values))[0])
+            found.append((index, jax.tree_util.keystr(path, simple=True, separator="/"), values[index]))
+    if not found:
+        return
+    index, name, value = min(found, key=lambda f: f[0][0])
+    seed = f" (seed {seeds[index[1]]})" if len(seeds) > 1 else ""
+    kept = checkpoints.latest_step()
+    kept = f"the last good checkpoint, step {kept}, is kept in {checkpoints.directory}" if kept is not None \
+        else f"no checkpoint had been saved yet in {os.path.dirname(checkpoints.directory)}"
+    raise TrainingDiverged(f"the {name} became {value} at step {first_step + index[0] + 1}{seed}; training stopped "
+                           f"and {kept}; lower --learning_rate or set --clip_grad_norm")
+
+
+def _count_compilations(event: str, seconds: float, **kwargs) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _compilations["count"] += 1
+        _compilations["seconds"] += seconds
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compilations)
 
 
 def _start_jax(config: Config) -> None:
@@ -319,10 +272,12 @@ def _prepare_workdir(workdir: str) -> str:
 
 
 def _print_result(result: dict) -> None:
-    for split in ("validation", "test"):
+    for split in ("validation", "test", "evaluation"):
         if split in result:
             summary = result[split]
-            numbers = ", ".join(f"{k}={summary[k]:.4f}" for k in runlog.SHOWN if k in summary)
-            print(f"{split}: {numbers}")
-    if "classification_report" in result.get("test", {}):
-        print("\nclassification report (test):\n" + result["test"]["classification_report"])
+            print(f"{split}: {runlog.format_numbers(summary, '.4f')}")
+    test, label = result.get("test", {}), " (test)"
+    if test.get("seeds"):  # many seeds: the first one's report
+        test, label = test["seeds"][0], f" (test, seed {test['seeds'][0]['seed']})"
+    if "classification_report" in test:
+        print(f"\nclassification report{label}:\n" + test["classification_report"])

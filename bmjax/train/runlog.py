@@ -6,8 +6,12 @@ import sys
 import time
 from typing import Optional
 
+import numpy as np
+
 METRICS_FILE = "metrics.jsonl"
-SHOWN = ("loss", "accuracy", "exact_match", "macro_f1", "perplexity", "mse", "mae", "r2", "steps_per_second")  # on the console
+SHOWN = ("loss", "accuracy", "exact_match", "macro_f1", "perplexity", "mse", "mae", "r2", "return",
+         "episode_return")  # on the console
+PLOTTED = ("loss", "accuracy", "r2")
 
 
 class RunLog:
@@ -31,17 +35,23 @@ class RunLog:
         self.total_steps = total_steps
 
     def write(self, step: int, split: str, values: dict, echo: bool = True, **extra) -> None:
+        """One record of `values` (a summary; a many-seed one holds means, NAME_std and each seed's numbers)."""
         if not self.enabled:
             return
-        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float))}
-        record = {"step": step, "split": split, **scalars, **extra, "time": time.time()}
+        scalars = {**_scalars(values), **extra}
+        record = {"step": step, "split": split, **scalars, "time": time.time()}
+        if values.get("seeds"):
+            record["seeds"] = [{"seed": s["seed"], **_scalars(s)} for s in values["seeds"]]
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        for name, value in {**scalars, **extra}.items():
+        for name, value in scalars.items():
             self.writer.add_scalar(f"{split}/{name}", value, step)
+        for seed in record.get("seeds", []):
+            for name, value in seed.items():
+                self.writer.add_scalar(f"seed_{seed['seed']}/{split}/{name}", value, step)
         if not echo:
             return
-        text = " ".join(f"{k}={v:.4g}" for k, v in {**scalars, **extra}.items() if k in SHOWN)
+        text = format_numbers(scalars, ".4g")
         if self.bar is not None:
             if split == "train":
                 self.bar.n = step
@@ -68,27 +78,58 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(workdir: str, out: Optional[str] = None) -> str:
-    """curves.png: training and validation loss and accuracy (or R²) against steps."""
+def plot_curves(workdir: str, out: Optional[str] = None, title: Optional[str] = None) -> str:
+    """curves.png: training and validation loss and the main metric against steps; for many seeds, their mean
+    with a band of one standard deviation."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) stays as it is
 
     records = read_metrics(workdir)
-    metric = "accuracy" if any("accuracy" in r for r in records) else "r2"
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
-    for ax, name in zip(axes, ("loss", metric)):
-        for split, style in (("train", "-"), ("validation", "o-")):
-            points = [(r["step"], r[name]) for r in records if r["split"] == split and name in r]
-            if points:
-                ax.plot(*zip(*points), style, label=split, markersize=3)
+    for ax, name in zip(axes, _plotted(records)):
+        for split, style in (("train", "-"), ("validation", "o-"), ("evaluation", "o-")):
+            rows = [r for r in records if r["split"] == split and name in r]
+            if not rows:
+                continue
+            steps, values = np.array([r["step"] for r in rows]), np.array([r[name] for r in rows])
+            line, = ax.plot(steps, values, style, label=split, markersize=3)
+            if all(f"{name}_std" in r for r in rows):
+                spread = np.array([r[f"{name}_std"] for r in rows])
+                ax.fill_between(steps, values - spread, values + spread, color=line.get_color(), alpha=0.2,
+                                linewidth=0)
         ax.set_xlabel("step")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
+    seeds = next((len(r["seeds"]) for r in records if "seeds" in r), 0)
+    if title or seeds:
+        fig.suptitle(" ".join(filter(None, [title, f"mean ± std over {seeds} seeds" if seeds else None])))
     fig.tight_layout()
     out = out or os.path.join(workdir, "curves.png")
     fig.savefig(out, dpi=100)
     return out
+
+
+def format_numbers(summary: dict, spec: str) -> str:
+    """'loss=0.31 accuracy=0.9' for the console: the metrics worth a glance (mean±std over seeds)."""
+    names = [k for k in SHOWN if k in summary] or [k for k in _scalars(summary) if not k.endswith("_std")
+                                                    and k not in ("steps_per_second", "learning_rate")][:4]
+    names += ["steps_per_second"] if "steps_per_second" in summary else []
+    return " ".join(f"{k}={summary[k]:{spec}}" + (f"±{summary[k + '_std']:{spec}}" if k + "_std" in summary else "")
+                    for k in names)
+
+
+def _scalars(values: dict) -> dict:
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _plotted(records: list[dict]) -> list[str]:
+    """The two metrics curves.png shows: the loss and the main metric, or the first two a program logs."""
+    logged = [k for r in records if r["split"] == "train" for k in _scalars(r)
+              if k not in ("step", "time", "steps_per_second", "learning_rate") and not k.endswith("_std")]
+    logged = list(dict.fromkeys(logged))
+    preferred = [k for k in PLOTTED if k in logged] + [k for k in logged if k not in PLOTTED]
+    return preferred[:2]
 
 
 def _drop_records_after(path: str, step: int) -> None:

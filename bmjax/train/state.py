@@ -25,9 +25,9 @@ class TrainState(struct.PyTreeNode):
                             opt_state=opt_state, model_state=model_state)
 
 
-def create(model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Array, seed: int) -> TrainState:
-    """Initialises parameters from `seed` on an example input batch."""
-    init_rng, dropout_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+def create(model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Array, rng: jax.Array) -> TrainState:
+    """Initialises parameters from the key `rng` (a run's is PRNGKey(--seed)) on an example input batch."""
+    init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
     # Unboxed: models that name their parameters' logical axes return them in nn.Partitioned boxes.
     init = jax.jit(lambda rngs, x: model.init(rngs, x, train=False))  # compiled: far faster for deep models
     variables = nn.meta.unbox(init({"params": init_rng, "dropout": dropout_rng}, example_x))

@@ -1,4 +1,4 @@
-"""The one train step and the one eval step, and `lax.scan` loops of them.
+"""The supervised program's train step and eval step.
 
 The same Python code runs under every strategy: under `pmap` it is told the
 axis name and adds gradients and metrics across devices itself; under `jit`
@@ -100,35 +100,3 @@ def make_eval_step(task, *, axis_name: Optional[str] = None) -> Callable:
         return lax.psum(sums, axis_name) if axis_name else sums
 
     return eval_step
-
-
-def scan_train(train_step: Callable, gather: Callable, constrain_batch: Callable = lambda b: b) -> Callable:
-    """`(state, data, indices[k, b]) -> (state, sums stacked over k)`: k steps in one compiled call.
-
-    `gather(data, indices[b])` cuts a batch out of the device-resident `data`.
-    """
-
-    def train_steps(state, data, indices):
-        def body(state, idx):
-            return train_step(state, constrain_batch(gather(data, idx)))
-
-        if indices.shape[0] == 1:  # no loop at all: XLA:CPU runs convolutions in loops slowly (jax#12868)
-            state, sums = body(state, indices[0])
-            return state, jax.tree.map(lambda x: x[None], sums)
-        return lax.scan(body, state, indices)
-
-    return train_steps
-
-
-def scan_eval(eval_step: Callable, gather: Callable, constrain_batch: Callable = lambda b: b) -> Callable:
-    """`(state, data, indices[k, b], mask[k, b]) -> sums over all k batches`."""
-
-    def eval_steps(state, data, indices, mask):
-        def body(_, idx_mask):
-            idx, m = idx_mask
-            return None, eval_step(state, constrain_batch({**gather(data, idx), "mask": m}))
-
-        _, sums = lax.scan(body, None, (indices, mask))
-        return jax.tree.map(lambda s: s.sum(0), sums)
-
-    return eval_steps

@@ -10,16 +10,28 @@
 - `auto`:   `mesh`.
 
 Arrays from the host are either *sharded* (split along their batch axis; in a
-multi-host run each process passes only its own part) or *replicated*.
+multi-host run each process passes only its own part) or *replicated*. A state
+array whose logical axis is named "batch" (a program's environments, say) is
+split over the devices like a batch.
 """
 
 from typing import Callable, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from bmjax.data import pipeline
 from bmjax.errors import UsageError
+
+BATCH = "batch"  # the logical name of a state axis split over the devices like a batch
+_is_spec = lambda x: isinstance(x, P)
+
+
+def batch_axis(spec: Optional[P]) -> Optional[int]:
+    """The position of the "batch" axis in a logical PartitionSpec, or None."""
+    return tuple(spec).index(BATCH) if spec is not None and BATCH in tuple(spec) else None
 
 
 class Single:
@@ -31,11 +43,12 @@ class Single:
         self.num_shards = 1
 
     def place_state(self, state, logical=None):
-        """The state on the devices; `logical` (its arrays' logical axis names) matters to mesh alone."""
+        """The state on the devices; `logical` (a PartitionSpec of logical axis names per array) matters to the
+        other strategies."""
         return jax.device_put(state, self.device)
 
-    def canonical(self, state):
-        """The state as checkpoints hold it."""
+    def canonical(self, state, logical=None):
+        """The state as checkpoints hold it: whole arrays, without a device axis."""
         return state
 
     def shard(self, tree, axis: int = 0):
@@ -44,7 +57,7 @@ class Single:
     def replicate(self, tree):
         return jax.device_put(tree, self.device)
 
-    def constrain_batch(self, batch):
+    def constrain_batch(self, batch, axis: int = 0):
         return batch
 
     def compile(self, fn: Callable, donate_state: bool = True) -> Callable:
@@ -69,17 +82,38 @@ class Pmap(Single):
         return jax.device_put(x, self.sharding)
 
     def place_state(self, state, logical=None):
-        return jax.tree.map(lambda x: self._put_stacked(np.broadcast_to(np.asarray(x), (self.num_local,) + x.shape)),
-                            state)
+        def place(spec, x):
+            axis = batch_axis(spec)
+            if axis is not None:  # this process's part, split over its devices
+                part = pipeline.process_part(np.moveaxis(np.asarray(x), axis, -1), jax.process_index(),
+                                             jax.process_count())
+                return self.shard(np.moveaxis(part, -1, axis), axis)
+            return self._put_stacked(np.broadcast_to(np.asarray(x), (self.num_local,) + np.shape(x)))
 
-    def canonical(self, state):
-        return self.fetch(state)
+        logical = _replicated(state) if logical is None else logical
+        return jax.tree.map(place, logical, state, is_leaf=_is_spec)
+
+    def canonical(self, state, logical=None):
+        def whole(spec, x):
+            axis = batch_axis(spec)
+            if axis is None:
+                return np.asarray(x.addressable_data(0)).reshape(x.shape[1:])
+            local = np.moveaxis(np.asarray(x), 0, axis)  # [.., devices, rows per device, ..]
+            local = local.reshape(local.shape[:axis] + (-1,) + local.shape[axis + 2:])
+            if jax.process_count() == 1:
+                return local
+            gathered = multihost_utils.process_allgather(np.moveaxis(local, axis, 0), tiled=True)
+            return np.moveaxis(gathered, 0, axis)
+
+        logical = _replicated(state) if logical is None else logical
+        return jax.tree.map(whole, logical, state, is_leaf=_is_spec)
 
     def shard(self, tree, axis: int = 0):
         def split(x):
             x = np.asarray(x)
-            x = x.reshape(x.shape[:axis] + (self.num_local, -1) + x.shape[axis + 1:])
-            return self._put_stacked(np.moveaxis(x, axis, 0))
+            at = axis % x.ndim
+            x = x.reshape(x.shape[:at] + (self.num_local, -1) + x.shape[at + 1:])
+            return self._put_stacked(np.moveaxis(x, at, 0))
 
         return jax.tree.map(split, tree)
 
@@ -111,27 +145,26 @@ class MeshStrategy(Single):
         self.replicated = NamedSharding(self.mesh, P())
 
     def _batch_sharding(self, ndim: int, axis: int) -> NamedSharding:
+        axis %= ndim
         return NamedSharding(self.mesh, P(*([None] * axis + [self.batch_axes] + [None] * (ndim - axis - 1))))
 
     def parameter_sharding(self, logical: P, shape) -> NamedSharding:
         """The mesh sharding of an array whose axes carry the logical names `logical`."""
         spec = []
         for name, size in zip(tuple(logical) + (None,) * len(shape), shape):
-            axis = self.RULES.get(name)
-            fits = axis in self.mesh.shape and axis not in spec and size % self.mesh.shape[axis] == 0
+            axis = self.batch_axes if name == BATCH else self.RULES.get(name)
+            parts = int(np.prod([self.mesh.shape[a] for a in axis])) if isinstance(axis, tuple) else \
+                self.mesh.shape.get(axis, 0)
+            fits = parts and axis not in spec and size % parts == 0
             spec.append(axis if fits else None)
         return NamedSharding(self.mesh, P(*spec))
 
     def place_state(self, state, logical=None):
-        """Replicated, except parameters and optimizer state, sharded by their logical axes."""
+        """Each array sharded by its logical axes (replicated where it names none)."""
         if logical is None:
             return self.replicate(state)
-        is_spec = lambda x: isinstance(x, P)
         place = lambda spec, x: self._put(x, self.parameter_sharding(spec, np.shape(x)))
-        return state.replace(params=jax.tree.map(place, logical["params"], state.params, is_leaf=is_spec),
-                             opt_state=jax.tree.map(place, logical["opt_state"], state.opt_state, is_leaf=is_spec),
-                             step=self.replicate(state.step), rng=self.replicate(state.rng),
-                             model_state=self.replicate(state.model_state))
+        return jax.tree.map(place, logical, state, is_leaf=_is_spec)
 
     def shard(self, tree, axis: int = 0):
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
@@ -148,9 +181,9 @@ class MeshStrategy(Single):
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
-    def constrain_batch(self, batch):
+    def constrain_batch(self, batch, axis: int = 0):
         return jax.tree.map(
-            lambda x: jax.lax.with_sharding_constraint(x, self._batch_sharding(x.ndim, 0)), batch)
+            lambda x: jax.lax.with_sharding_constraint(x, self._batch_sharding(x.ndim, axis)), batch)
 
     def fetch(self, tree):
         return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
@@ -173,12 +206,19 @@ def parse_mesh(spec: str) -> dict[str, int]:
     return sizes
 
 
-def create(name: str, batch_size: int, mesh: Optional[str] = None):
-    """The strategy `name` (with `mesh`'s axes, for mesh), checked against the global batch size it splits."""
+def create(name: str, mesh: Optional[str] = None):
+    """The strategy `name` (with `mesh`'s axes, for mesh)."""
     if mesh and name not in ("mesh", "auto"):
         raise UsageError(f"--mesh applies to --parallel=mesh, not --parallel={name}")
-    strategy = MeshStrategy(mesh) if name in ("mesh", "auto") else {"single": Single, "pmap": Pmap}[name]()
+    return MeshStrategy(mesh) if name in ("mesh", "auto") else {"single": Single, "pmap": Pmap}[name]()
+
+
+def check_batch(strategy, batch_size: int, what: str = "--batch_size") -> None:
+    """UsageError unless `batch_size` rows split evenly over the strategy's devices."""
     if batch_size % strategy.num_shards:
-        raise UsageError(f"--batch_size={batch_size} does not divide over the {strategy.num_shards} devices of "
-                         f"--parallel={name}; use a multiple of {strategy.num_shards}")
-    return strategy
+        raise UsageError(f"{what}={batch_size} does not divide over the {strategy.num_shards} devices of "
+                         f"--parallel={strategy.name}; use a multiple of {strategy.num_shards}")
+
+
+def _replicated(tree):
+    return jax.tree.map(lambda _: P(), tree)

@@ -1,0 +1,135 @@
+"""Programs: what one kind of training computes, as pure functions the one loop compiles and drives.
+
+A program's state is any pytree (a `TrainState`, two of them for a GAN, an agent with its environments and
+replay buffer) whose `step` field counts its train steps. The loop decides when each function runs, where the
+state lives (the strategy), what is saved and when; the program decides what a step does:
+
+    init(rng) -> state                     parameters, optimizer state, anything else a step carries
+    state_axes(state) -> PartitionSpecs    the logical axis names of every array, for the mesh strategy
+    train_step(state, batch) -> (state, sums)    `batch` is None for a program that makes its own data
+    eval_step(state, batch) -> sums        sums that add up over batches and devices
+    summarize(sums, detailed) -> numbers   on the host: losses, accuracies, returns
+
+Metric *sums* add up over steps, batches and devices (the loop adds them in float64), so that a program's
+numbers do not depend on how its work was split. Under `pmap` a program reduces across `axis_name` itself
+(it is told the name when it is built); under `jit` the compiler does it from the shardings.
+"""
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec
+
+from bmjax.data import Dataset
+from bmjax.models import ModelIO
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What building a program may need to know about the run it is built for."""
+
+    workdir: str
+    axis_name: Optional[str]  # the pmap axis to reduce across, or None under jit
+    num_shards: int  # devices the batch is split over
+    primary: bool  # process 0, which alone writes files
+
+
+class Program:
+    """The interface the loop drives; subclasses override what they use (see the module's docstring)."""
+
+    def init(self, rng) -> Any:
+        raise NotImplementedError
+
+    def state_axes(self, state) -> Any:
+        """A PartitionSpec of logical axis names per array of `state` (shapes suffice): replicated by default.
+        Name an axis "batch" to split it over the devices like a batch (environments, say)."""
+        return jax.tree.map(lambda _: PartitionSpec(), state)
+
+    def train_step(self, state, batch):
+        raise NotImplementedError
+
+    def eval_step(self, state, batch):
+        raise NotImplementedError(f"{type(self).__name__} has no evaluation")
+
+    def summarize(self, sums, detailed: bool = False) -> dict:
+        return {name: float(np.sum(value)) for name, value in sums.items()}
+
+    def learning_rates(self, step: int) -> dict:
+        """Scalars of the schedules at `step`, logged beside the training metrics."""
+        return {}
+
+    def describe(self, state) -> dict:
+        """Facts about the state for result.json (a parameter count, say)."""
+        return {}
+
+    @property
+    def evaluates(self) -> bool:
+        return type(self).eval_step is not Program.eval_step
+
+
+@dataclasses.dataclass
+class Plan:
+    """What an experiment runs: a program, and the dataset whose batches feed it (None: it makes its own data).
+
+    `model_io` records how `Config.build_model` rebuilds the trained model, for `bmjax.restore`.
+    """
+
+    program: Program
+    dataset: Optional[Dataset] = None
+    model_io: Optional[ModelIO] = None
+
+
+class ManySeeds(Program):
+    """`program` run for several seeds at once under `vmap`: every array of the state gains a leading seed axis.
+
+    Seed i is the run `--seed=seeds[i]` would make: its own initialisation, dropout and data order (train
+    batches carry a seed axis; evaluation batches are shared).
+    """
+
+    def __init__(self, program: Program, seeds: tuple[int, ...]):
+        self.program, self.seeds = program, tuple(seeds)
+
+    def init(self, rng):
+        return jax.vmap(self.program.init)(rng)
+
+    def state_axes(self, state):
+        one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
+        is_spec = lambda x: isinstance(x, PartitionSpec)
+        return jax.tree.map(lambda spec: PartitionSpec(None, *spec), self.program.state_axes(one), is_leaf=is_spec)
+
+    def train_step(self, state, batch):
+        return jax.vmap(self.program.train_step, in_axes=(0, None if batch is None else 0))(state, batch)
+
+    def eval_step(self, state, batch):
+        return jax.vmap(self.program.eval_step, in_axes=(0, None))(state, batch)
+
+    @property
+    def evaluates(self) -> bool:
+        return self.program.evaluates
+
+    def summarize(self, sums, detailed: bool = False) -> dict:
+        """The mean over seeds of every number, its standard deviation as NAME_std, and each seed's summary."""
+        each = [self.program.summarize(jax.tree.map(lambda s: s[i], sums), detailed) for i in range(len(self.seeds))]
+        summary = {}
+        for name, value in each[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values = np.array([s[name] for s in each], np.float64)
+                summary[name], summary[f"{name}_std"] = float(values.mean()), float(values.std())
+        summary["seeds"] = [{"seed": seed, **s} for seed, s in zip(self.seeds, each)]
+        return summary
+
+    def learning_rates(self, step: int) -> dict:
+        return self.program.learning_rates(step)
+
+    def describe(self, state) -> dict:
+        return {**self.program.describe(jax.tree.map(lambda x: x[0], state)), "seeds": list(self.seeds)}
+
+
+def seed_keys(seeds: tuple[int, ...]):
+    """The initial key of each seed: PRNGKey(seed), stacked when there are several."""
+    if len(seeds) == 1:
+        return jax.random.PRNGKey(seeds[0])
+    return jnp.stack([jax.random.PRNGKey(s) for s in seeds])

@@ -1,0 +1,90 @@
+"""Supervised learning as a program: a model fitted to a dataset's (x, y) batches by a task's loss and an optax
+optimizer. `build(config, context)` is the default `Config.build_program`."""
+
+import os
+from typing import Callable
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec
+
+from bmjax import data, optim, tasks
+from bmjax.data import preprocess
+from bmjax.errors import UsageError
+from bmjax.models import ModelIO
+from bmjax.train import state as state_lib, step as step_lib
+from bmjax.train.feeds import run_length
+from bmjax.train.program import Context, Plan, Program
+
+TOKENIZER_FILE = "tokenizer"
+
+
+class Supervised(Program):
+    """One model, one optimizer, one task: the state is a `TrainState`."""
+
+    def __init__(self, model, task, tx: optax.GradientTransformation, example_x, *, schedule: optax.Schedule,
+                 count_trainable: Callable = state_lib.parameter_count, l1: float = 0.0, l2: float = 0.0,
+                 axis_name=None, grad_accum_steps: int = 1):
+        self.model, self.task, self.tx, self.example_x = model, task, tx, example_x
+        self.schedule, self.count_trainable = schedule, count_trainable
+        self._train_step = step_lib.make_train_step(task, l1=l1, l2=l2, axis_name=axis_name,
+                                                    grad_accum_steps=grad_accum_steps)
+        self._eval_step = step_lib.make_eval_step(task, axis_name=axis_name)
+
+    def init(self, rng) -> state_lib.TrainState:
+        return state_lib.create(self.model, self.tx, self.example_x, rng)
+
+    def state_axes(self, state):
+        named = state_lib.logical_axes(self.model, self.tx, self.example_x)
+        replicated = lambda tree: jax.tree.map(lambda _: PartitionSpec(), tree)
+        return state.replace(step=PartitionSpec(), rng=PartitionSpec(), model_state=replicated(state.model_state),
+                             params=named["params"], opt_state=named["opt_state"])
+
+    def train_step(self, state, batch):
+        return self._train_step(state, batch)
+
+    def eval_step(self, state, batch):
+        return self._eval_step(state, batch)
+
+    def summarize(self, sums, detailed: bool = False) -> dict:
+        return self.task.summarize(sums, detailed)
+
+    def learning_rates(self, step: int) -> dict:
+        return {"learning_rate": float(self.schedule(step))}
+
+    def describe(self, state) -> dict:
+        return {"parameters": state_lib.parameter_count(state.params),
+                "trainable_parameters": self.count_trainable(state.params)}
+
+
+def build(config, context: Context) -> Plan:
+    """--dataset read into the task --task asks for, and `config.build_model`'s model trained on it."""
+    dataset = data.load(data.DataSpec.of(config, tokenizer=tokenizer_for(config, context.workdir)))
+    if context.primary and dataset.tokenizer is not None:  # travels with the parameters: resume, --restore_from
+        dataset.tokenizer.save(os.path.join(context.workdir, TOKENIZER_FILE))
+    if config.grad_accum_steps > 1 and config.batch_size % (context.num_shards * config.grad_accum_steps):
+        raise UsageError(f"--batch_size={config.batch_size} does not split into --grad_accum_steps="
+                         f"{config.grad_accum_steps} micro-batches on each of {context.num_shards} devices; use a "
+                         f"multiple of {context.num_shards * config.grad_accum_steps}")
+    task = tasks.create(config.task, dataset, mask_rate=config.mask_rate)
+    example_x = preprocess.to_float(dataset.train[np.arange(1)]["x"])
+    inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), example_x)
+    io = ModelIO(num_outputs=task.num_outputs, vocab_size=dataset.info.vocab_size, inputs=inputs,
+                 axis_name=context.axis_name)
+    _, total_steps = run_length(config, dataset)
+    program = Supervised(config.build_model(io), task, optim.create(config, total_steps), example_x,
+                         schedule=optim.schedule(config, total_steps),
+                         count_trainable=lambda params: optim.trainable_count(config, params),
+                         l1=config.l1, l2=config.l2, axis_name=context.axis_name,
+                         grad_accum_steps=config.grad_accum_steps)
+    return Plan(program, dataset, io)
+
+
+def tokenizer_for(config, workdir: str):
+    """The tokenizer a text run reads with: the one this workdir saved (a resumed run), else --tokenizer, else the
+    one --restore_from's run saved (fine-tuning keeps its vocabulary)."""
+    own, restored = (os.path.join(d, TOKENIZER_FILE) if d else "" for d in (workdir, config.restore_from))
+    if os.path.exists(own):
+        return own
+    return config.tokenizer or (restored if os.path.exists(restored) else None)
