@@ -1,5 +1,6 @@
 """The Colab notebooks execute on CPU, offline (the quickstart on scikit-learn's digits instead of MNIST)."""
 
+import json
 
 import nbformat
 from conftest import ROOT
@@ -22,6 +23,8 @@ def test_quickstart_executes(tmp_path, monkeypatch):
     accuracy = float(outputs.rsplit("CNN ", 1)[1].split()[0])
     assert accuracy > 0.8
     assert (tmp_path / "mlp" / "result.json").exists() and (tmp_path / "cnn" / "result.json").exists()
+    predicted, true = (json.loads(outputs.split(f"{name} ", 1)[1].split("\n", 1)[0]) for name in ("predicted", "true"))
+    assert len(predicted) == len(true) == 12 and sum(p == t for p, t in zip(predicted, true)) >= 8, "restored CNN"
 
 
 def test_gpt_notebook_executes(shakespeare_dir, tmp_path, monkeypatch):
