@@ -16,19 +16,21 @@ from bmjax.errors import UsageError
 from bmjax.models.mlp import ACTIVATIONS
 
 
-def field(default: Any, help: str, choices: Optional[tuple[str, ...]] = None):
-    """A config field with its flag's help text (and allowed values, for enums)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def field(default: Any, help: str, choices: Optional[tuple[str, ...]] = None, *, trains: bool = True):
+    """A config field with its flag's help text (and allowed values, for enums). `trains=False` marks a setting
+    that does not change what a run computes (a cadence, a path, a device layout, a sampling option): a run may be
+    resumed with another value of it."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "trains": trains})
 
 
-def field_metadata(config_cls: type, name: str) -> tuple[str, Optional[tuple]]:
-    """Help and choices of a field, from the nearest class in the MRO that gave them (a subclass may change a
-    default without repeating them)."""
+def field_metadata(config_cls: type, name: str) -> dict:
+    """{"help", "choices", "trains"} of a field, from the nearest class in the MRO that gave them (a subclass may
+    change a default without repeating them)."""
     for cls in config_cls.__mro__:
         f = getattr(cls, "__dataclass_fields__", {}).get(name)
         if f is not None and "help" in f.metadata:
-            return f.metadata["help"], f.metadata["choices"]
-    return name.replace("_", " "), None
+            return {"trains": True, **f.metadata}
+    return {"help": name.replace("_", " "), "choices": None, "trains": True}
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -43,11 +45,14 @@ class Config:
     """Everything a run needs; no step asks the flags again."""
 
     # Where and what.
-    workdir: Optional[str] = field(None, "Directory for checkpoints, logs, metrics and results (required).")
+    workdir: Optional[str] = field(None, "Directory for checkpoints, logs, metrics and results (required).",
+                                   trains=False)
     dataset: str = field("mnist", "A bmjax dataset (digits, iris, wine, breast_cancer, diabetes, mnist1d, "
                                   "synthetic) or any TFDS dataset name.")
-    data_dir: Optional[str] = field(None, "TFDS data directory (default: TFDS's own, ~/tensorflow_datasets).")
-    manual_dir: Optional[str] = field(None, "Folder of raw dataset files to prepare a TFDS dataset offline.")
+    data_dir: Optional[str] = field(None, "TFDS data directory (default: TFDS's own, ~/tensorflow_datasets).",
+                                    trains=False)
+    manual_dir: Optional[str] = field(None, "Folder of raw dataset files to prepare a TFDS dataset offline.",
+                                      trains=False)
     validation_split: Optional[float] = field(None, "Fraction of the training split held out for validation, "
                                                     "in (0, 1); unset for none.")
     normalize: str = field("none", "Feature scaling fitted on the training split (images are scaled to [0, 1] "
@@ -65,9 +70,10 @@ class Config:
                                    "10% kept).")
     data_placement: str = field("auto", "Keep the dataset in device memory and run many steps per call "
                                         "(device), read batches from the host (host), or device when it fits "
-                                        "and there is one process (auto).", ("auto", "device", "host"))
-    steps_per_call: int = field(0, "Steps per compiled call when the data is on the devices (0: all the steps "
-                                   "up to the next log, evaluation or checkpoint, in one lax.scan).")
+                                        "and there is one process (auto).", ("auto", "device", "host"), trains=False)
+    steps_per_call: int = field(0, "Steps per compiled call of a lax.scan (0: as many as the shortest interval "
+                                   "between logs, evaluations, checkpoints and epochs; 1 suits convolutions on "
+                                   "XLA:CPU).", trains=False)
 
     # Model and task.
     model: str = field("mlp", "Model name in bmjax.models.")
@@ -82,7 +88,7 @@ class Config:
     dtype: str = field("float32", "Compute dtype of the model (parameters and optimizer state stay float32): "
                                   "bfloat16 for mixed precision.", DTYPES)
     remat: bool = field(False, "Recompute activations in the backward pass instead of storing them (less memory, "
-                               "about a third more compute).")
+                               "about a third more compute).", trains=False)
 
     # Optimisation.
     epochs: int = field(10, "Passes over the training split.")
@@ -90,7 +96,7 @@ class Config:
     batch_size: int = field(64, "Global batch size, split over all devices.")
     grad_accum_steps: int = field(1, "Split each batch into this many micro-batches whose gradients are added up "
                                      "before one update (the same update as one big batch, in less memory).")
-    eval_batch_size: int = field(1024, "Global batch size for evaluation.")
+    eval_batch_size: int = field(1024, "Global batch size for evaluation.", trains=False)
     learning_rate: float = field(1e-3, "Peak learning rate.")
     optimizer: str = field("adam", "Optimizer.", OPTIMIZERS)
     momentum: float = field(0.9, "Momentum of sgd.")
@@ -114,30 +120,36 @@ class Config:
 
     # Devices and hosts.
     parallel: str = field("auto", "single: jit on one device; pmap: replicated over local devices; mesh: jit "
-                                  "on a device mesh; auto: mesh over all devices.", STRATEGIES)
+                                  "on a device mesh; auto: mesh over all devices.", STRATEGIES, trains=False)
     mesh: Optional[str] = field(None, "Mesh axes and sizes for --parallel=mesh, e.g. data:2,fsdp:2,tensor:2 "
-                                      "(default: data over every device).")
-    host_devices: Optional[int] = field(None, "Simulate this many CPU devices (before JAX starts).")
-    coordinator_address: Optional[str] = field(None, "host:port of process 0, for multi-host runs.")
-    num_processes: Optional[int] = field(None, "Number of processes in a multi-host run.")
-    process_id: Optional[int] = field(None, "This process's index in a multi-host run.")
+                                      "(default: data over every device).", trains=False)
+    host_devices: Optional[int] = field(None, "Simulate this many CPU devices (before JAX starts).", trains=False)
+    coordinator_address: Optional[str] = field(None, "host:port of process 0, for multi-host runs.", trains=False)
+    num_processes: Optional[int] = field(None, "Number of processes in a multi-host run.", trains=False)
+    process_id: Optional[int] = field(None, "This process's index in a multi-host run.", trains=False)
     distributed: bool = field(False, "Call jax.distributed.initialize() with its own detection (TPU pods, "
-                                     "SLURM).")
+                                     "SLURM).", trains=False)
 
     # Cadence and outputs.
-    log_every_steps: int = field(100, "Steps between training-metric logs.")
-    eval_every_steps: Optional[int] = field(None, "Steps between validation evaluations (default: each epoch).")
-    checkpoint_every_steps: Optional[int] = field(None, "Steps between checkpoints (default: each epoch).")
-    keep_checkpoints: int = field(3, "Newest checkpoints to keep.")
+    log_every_steps: int = field(100, "Steps between training-metric logs.", trains=False)
+    eval_every_steps: Optional[int] = field(None, "Steps between validation evaluations (default: each epoch).",
+                                            trains=False)
+    checkpoint_every_steps: Optional[int] = field(None, "Steps between checkpoints (default: each epoch).",
+                                                  trains=False)
+    keep_checkpoints: int = field(3, "Newest checkpoints to keep.", trains=False)
     restore_from: Optional[str] = field(None, "Workdir of another run whose parameters start this one "
-                                              "(fine-tuning).")
+                                              "(fine-tuning).", trains=False)
+    restore_step: Optional[int] = field(None, "Resume from this checkpoint step instead of the newest (the newer "
+                                              "ones move to checkpoints/superseded/).", trains=False)
+    extend: bool = field(False, "Train this workdir's run further, to a new --train_steps or --epochs (the "
+                                "learning-rate schedule follows the new length).", trains=False)
 
     def validate(self) -> "Config":
         """Raises UsageError for values no run can use."""
         if not self.workdir:
             raise UsageError("--workdir is required: pass --workdir=DIR, a directory for this run's outputs")
         for f in dataclasses.fields(self):
-            choices = field_metadata(type(self), f.name)[1]
+            choices = field_metadata(type(self), f.name)["choices"]
             if choices and getattr(self, f.name) not in choices:
                 raise UsageError(f"--{f.name}={getattr(self, f.name)} is not one of: {', '.join(choices)}")
         positive = ["epochs", "batch_size", "eval_batch_size", "learning_rate", "log_every_steps",
@@ -208,5 +220,7 @@ class Config:
                 continue
             if isinstance(value, tuple):
                 value = ",".join(str(v) for v in value)
+            if isinstance(value, str):  # a flag file holds one flag a line
+                value = value.replace("\n", "\\n").replace("\t", "\\t")
             lines.append(f"--{f.name}={value}")
         return "\n".join(lines) + "\n"

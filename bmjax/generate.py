@@ -80,15 +80,14 @@ def generate(model: nn.Module, params, prompt_tokens, max_new_tokens: int, rng, 
     `model` is the training-mode model and `params` its "params" collection (boxed or not).
 
     `greedy` takes the argmax; otherwise logits are divided by `temperature`, filtered to the `top_k` largest
-    and/or the `top_p` nucleus, and sampled with `rng`. Compiles once per model, shape and sampling setting.
+    and/or the `top_p` nucleus, and sampled with `rng`. Past the model's `block_size`, it reads a sliding window of
+    the latest tokens: each time the window is full, its cache is filled again from the last half of it, so every
+    token sees at least half a block of context. Compiles once per model, shape and sampling setting (a few shapes
+    when the window slides).
     """
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_tokens.ndim != 2 or prompt_tokens.shape[1] == 0:
         raise ValueError(f"prompt_tokens must be [batch, prompt_len] with prompt_len >= 1, got {prompt_tokens.shape}")
-    total = prompt_tokens.shape[1] + max_new_tokens
-    if total > model.block_size:
-        raise ValueError(f"prompt ({prompt_tokens.shape[1]}) + max_new_tokens ({max_new_tokens}) = {total} tokens "
-                         f"exceed the model's block_size ({model.block_size})")
     if max_new_tokens < 1:
         return prompt_tokens
     if not greedy and temperature <= 0:
@@ -97,6 +96,14 @@ def generate(model: nn.Module, params, prompt_tokens, max_new_tokens: int, rng, 
         raise ValueError(f"top_k must be between 1 and the vocabulary size, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    params = nn.meta.unbox(params)
-    return _generate(model.clone(decode=True), params, prompt_tokens, rng, max_new_tokens, temperature, top_k,
-                     top_p, greedy)
+    params, decoder, block = nn.meta.unbox(params), model.clone(decode=True), model.block_size
+    tokens, window = prompt_tokens, 0
+    while tokens.shape[1] < prompt_tokens.shape[1] + max_new_tokens:
+        # The first window reads the prompt (its latest block - 1 tokens); later ones the last half block.
+        context = tokens[:, -(block - 1 if window == 0 else block // 2):]
+        wanted = prompt_tokens.shape[1] + max_new_tokens - tokens.shape[1]
+        count = min(wanted, block - context.shape[1])
+        out = _generate(decoder, params, context, jax.random.fold_in(rng, window) if window else rng, count,
+                        temperature, top_k, top_p, greedy)
+        tokens, window = jnp.concatenate([tokens, out[:, context.shape[1]:]], axis=1), window + 1
+    return tokens

@@ -58,13 +58,31 @@ class GptShakespeareChar(Config):
     log_every_steps: int = 50
     eval_every_steps: Optional[int] = 250
     checkpoint_every_steps: Optional[int] = 500
-    mode: str = field("train", "Train, or sample from the trained model in --workdir.", ("train", "sample"))
-    prompt: str = field("\n", "Text the samples continue.")
-    max_new_tokens: Optional[int] = field(None, "Characters to sample (default: fill the block).")
-    temperature: float = field(0.8, "Sampling temperature; 0 takes the most likely character.")
-    top_k: Optional[int] = field(None, "Sample among the k most likely characters.")
-    top_p: Optional[float] = field(None, "Sample among the most likely characters holding this probability.")
-    num_samples: int = field(1, "Samples to draw.")
+    mode: str = field("train", "Train, or sample from the trained model in --workdir.", ("train", "sample"),
+                      trains=False)
+    prompt: str = field("\n", "Text the samples continue (\\n and \\t stand for a newline and a tab).",
+                        trains=False)
+    max_new_tokens: Optional[int] = field(None, "Characters to sample (default: fill the block); past the block, "
+                                                "the model reads a sliding window of the latest characters.",
+                                          trains=False)
+    temperature: float = field(0.8, "Sampling temperature; 0 takes the most likely character.", trains=False)
+    top_k: Optional[int] = field(None, "Sample among the k most likely characters.", trains=False)
+    top_p: Optional[float] = field(None, "Sample among the most likely characters holding this probability.",
+                                   trains=False)
+    num_samples: int = field(1, "Samples to draw.", trains=False)
+
+    def validate(self) -> "GptShakespeareChar":
+        super().validate()
+        if self.temperature < 0:
+            raise bmjax.UsageError(f"--temperature must not be negative, got {self.temperature}; 0 samples greedily")
+        for name in ("top_k", "max_new_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise bmjax.UsageError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise bmjax.UsageError(f"--top_p must lie in (0, 1], got {self.top_p}")
+        if self.num_samples < 1:
+            raise bmjax.UsageError(f"--num_samples must be at least 1, got {self.num_samples}")
+        return self
 
 
 def sample(config: GptShakespeareChar, command: str = "") -> list[str]:
@@ -73,7 +91,7 @@ def sample(config: GptShakespeareChar, command: str = "") -> list[str]:
     from bmjax.generate import generate
 
     run = bmjax.restore(config.workdir)
-    prompt = run.tokenizer.encode(config.prompt)
+    prompt = run.tokenizer.encode(config.prompt.replace("\\n", "\n").replace("\\t", "\t"))
     new_tokens = config.max_new_tokens or run.config.block_size - len(prompt)
     tokens = generate(run.model, run.params, np.repeat(prompt[None], config.num_samples, 0), new_tokens,
                       jax.random.PRNGKey(config.seed), temperature=config.temperature or 1.0,

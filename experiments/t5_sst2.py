@@ -42,8 +42,10 @@ class T5Sst2(Config):
     weight_decay: float = 0.01
     clip_grad_norm: Optional[float] = 1.0
     log_every_steps: int = 50
-    mode: str = field("train", "Train, or answer --text with the trained model in --workdir.", ("train", "predict"))
-    text: str = field("a gorgeous , witty , seductive movie .", "A sentence to classify in predict mode.")
+    mode: str = field("train", "Train, or answer --text with the trained model in --workdir.", ("train", "predict"),
+                      trains=False)
+    text: str = field("a gorgeous , witty , seductive movie .", "A sentence to classify in predict mode.",
+                      trains=False)
 
 
 def predict(config: T5Sst2, command: str = "") -> str:

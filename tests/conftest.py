@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+# Child processes share JAX's persistent compilation cache: many compile the same small programs.
+JAX_CACHE = Path(tempfile.gettempdir()) / f"bmjax-tests-jax-cache-{os.getuid()}"
+
+
 def subprocess_env(**extra) -> dict:
     """The environment of a child bmjax process: no simulated-device flags unless asked for."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
+    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2", **extra)
     return env
 
 

@@ -10,13 +10,13 @@ MLP = "experiments.mnist_mlp"
 
 
 def assert_usage_error(out, *fragments):
-    assert out.returncode != 0
+    """Exit status 2 and one `error:` line holding every fragment; no traceback."""
+    assert out.returncode == 2, (out.returncode, out.stderr)
     assert "Traceback" not in out.stderr, out.stderr
-    lines = [l for l in out.stderr.splitlines() if l.strip()]
-    error = next((l for l in lines if l.startswith(("error: ", "FATAL Flags parsing error"))), None)
-    assert error is not None, out.stderr
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1, out.stderr
     for fragment in fragments:
-        assert fragment in error, f"{fragment!r} not in {error!r}"
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
 
 
 @pytest.mark.parametrize("flags, fragments", [
@@ -33,6 +33,14 @@ def assert_usage_error(out, *fragments):
     (["--batch_size=5000"], ["larger than the", "training examples"]),
     (["--hidden_sizes=12,x"], ["--hidden_sizes takes comma-separated integers"]),
     (["stray"], ["unexpected arguments stray"]),
+    # absl's own parsing errors, as one line with exit status 2, its hints kept.
+    (["--optimizer=adamm"], ["--optimizer=adamm", "sgd|adam|adamw", "--help"]),
+    (["--epochs=ten"], ["--epochs=ten", "invalid literal for int()"]),
+    (["--optimzer=adam"], ["Unknown command line flag 'optimzer'", "Did you mean: optimizer"]),
+    (["--no_such_flag=1"], ["Unknown command line flag 'no_such_flag'"]),
+    (["--flagfile=/no/such/flags.txt"], ["Unable to open flagfile", "/no/such/flags.txt"]),
+    (["--dataset=digitz"], ["unknown dataset 'digitz'", "did you mean digits?"]),
+    (["--restore_step=-1"], ["--restore_step", "holds no checkpoint -1"]),
 ])
 def test_bad_flags(tmp_path, flags, fragments):
     defaults = ["--dataset=digits"] if not any(f.startswith("--dataset") for f in flags) else []
@@ -70,7 +78,10 @@ def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path):
     assert run_module(MLP, f"--workdir={workdir}", "--dataset=digits", "--hidden_sizes=16",
                       "--train_steps=10").returncode == 0
     before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
-    out = run_module(MLP, f"--workdir={workdir}", "--dataset=digits", "--hidden_sizes=32", "--train_steps=20")
+    out = run_module(MLP, f"--workdir={workdir}", "--dataset=digits", "--hidden_sizes=32", "--train_steps=10")
+    assert_usage_error(out, "other settings", "--hidden_sizes=16 there, 32 here", "new --workdir")
+    (workdir / "run.json").unlink()  # a run that recorded no settings: its checkpoint's shapes are compared
+    out = run_module(MLP, f"--workdir={workdir}", "--dataset=digits", "--hidden_sizes=32", "--train_steps=10")
     assert_usage_error(out, "does not fit", "params", "new --workdir")
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
 
@@ -91,12 +102,11 @@ def test_restore_from_without_checkpoints(tmp_path):
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     workdir = tmp_path / "run"
-    sgd = ["--optimizer=sgd", "--momentum=0"]
-    good = run_module(MLP, f"--workdir={workdir}", "--dataset=digits", "--train_steps=20",
-                      "--checkpoint_every_steps=10", *sgd)
-    assert good.returncode == 0, good.stderr
-    out = run_module(MLP, f"--workdir={workdir}", "--dataset=digits", "--train_steps=200", *sgd,
-                     "--learning_rate=1e30", "--log_every_steps=1")
+    # A step size that jumps from 1e-3 to 1e27 after 20 steps.
+    explodes = ["--optimizer=sgd", "--momentum=0", "--lr_schedule=step", "--lr_decay_steps=20",
+                "--lr_decay_factor=1e30"]
+    out = run_module(MLP, f"--workdir={workdir}", "--dataset=digits", "--train_steps=200", *explodes,
+                     "--checkpoint_every_steps=10", "--log_every_steps=1")
     assert_usage_error(out, "the loss became", "last good checkpoint, step 20", "--learning_rate")
     assert int(re.search(r"at step (\d+);", out.stderr).group(1)) > 20
     assert max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == 20
@@ -108,5 +118,31 @@ def test_damaged_checkpoint_is_named(tmp_path):
     for f in (workdir / "checkpoints" / "10" / "default").rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
-    out = run_module(MLP, f"--workdir={workdir}", "--dataset=digits", "--train_steps=20")
-    assert_usage_error(out, "checkpoint 10 in", "cannot be read", "away to resume from the one before")
+    out = run_module(MLP, f"--workdir={workdir}", "--dataset=digits", "--train_steps=20", "--extend")
+    assert_usage_error(out, "checkpoint 10 in", "is damaged", "no earlier checkpoint", "new --workdir")
+
+
+def test_a_python_caller_gets_bad_choices_before_anything_is_written(tmp_path):
+    import bmjax
+
+    with pytest.raises(bmjax.UsageError, match="--optimizer=adamm is not one of: sgd, adam, adamw"):
+        bmjax.run(bmjax.Config(workdir=str(tmp_path / "run"), dataset="digits", optimizer="adamm"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_models_that_do_not_fit_the_inputs_name_the_shapes(tmp_path):
+    out = run_module("experiments.mnist_cnn", f"--workdir={tmp_path / 'cnn'}", "--dataset=digits")
+    assert_usage_error(out, "inputs of 8x8 leave 1x1 feature maps after convolution 2", "--conv_padding=SAME")
+    out = run_module(MLP, f"--workdir={tmp_path / 'wine'}", "--dataset=wine", "--model=cnn")
+    assert_usage_error(out, "SeedCNN cannot take this dataset's inputs of shape (13,)", "--model")
+
+
+def test_help_groups_the_experiments_flags():
+    out = run_module("experiments.gpt_shakespeare_char", "--help")
+    assert out.returncode == 0, out.stderr
+    headings = [line for line in out.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["GptShakespeareChar's own:", "run:", "data:", "model:", "optimisation:", "devices:"]
+    own = out.stdout.split("GptShakespeareChar's own:", 1)[1].split("run:", 1)[0]
+    assert "--num_layers (default: 6)" in own and "--preset" in own and "--temperature" in own
+    assert "Registered: bert_classifier, bert_mlm, cnn, gpt, mlp, t5, vit." in out.stdout
+    assert "usage: python -m experiments.gpt_shakespeare_char --workdir=DIR" in out.stdout

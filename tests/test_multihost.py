@@ -55,7 +55,7 @@ def test_two_processes_match_one(tmp_path, parallel):
 def test_two_processes_resume_together(tmp_path):
     workdir = tmp_path / "multi"
     run_two_processes(workdir, *ARGS)
-    extended = [a if not a.startswith("--train_steps") else "--train_steps=30" for a in ARGS]
+    extended = [a if not a.startswith("--train_steps") else "--train_steps=30" for a in ARGS] + ["--extend"]
     run_two_processes(workdir, *extended)
     steps = [r["step"] for r in read_metrics(workdir)]
     assert steps == list(range(2, 32, 2)), "the second job went on from step 20"

@@ -89,5 +89,5 @@ def test_the_agent_learns_and_reports_returns(tmp_path):
     result = run(config_of("policy_gradient", tmp_path, parallel="single", train_steps=300, log_every_steps=100))
     returns = [r["episode_return"] for r in read_metrics(tmp_path, "train")]
     assert returns[-1] > 1.5 * returns[0] and returns[-1] > 80, "CartPole's episodes get longer (random play: 22)"
-    assert result["evaluation"]["return"] > 100 and "dataset" not in result
+    assert result["evaluation"]["episode_return"] > 100 and "dataset" not in result
     assert read_result(tmp_path)["program"] == "PolicyGradient"

@@ -48,7 +48,7 @@ def test_sharded_checkpoint_resumes_on_another_mesh(shakespeare_dir, tmp_path):
     constant = dict(lr_schedule="constant")  # the same learning rate at each step however long the run
     whole = gpt(tmp_path / "whole", shakespeare_dir, mesh="fsdp:8", train_steps=8, **constant)
     gpt(tmp_path / "moved", shakespeare_dir, mesh="data:2,fsdp:2,tensor:2", train_steps=5, **constant)
-    moved = gpt(tmp_path / "moved", shakespeare_dir, mesh="fsdp:8", train_steps=8, **constant)
+    moved = gpt(tmp_path / "moved", shakespeare_dir, mesh="fsdp:8", train_steps=8, extend=True, **constant)
     np.testing.assert_allclose(moved, whole, rtol=1e-5)
 
 

@@ -23,6 +23,7 @@ def test_bert_pretrains_then_fine_tunes_a_frozen_encoder(tmp_path):
     out = run_module("experiments.bert_pretrain", f"--workdir={pretrained}", *TINY_BERT, "--train_steps=40",
                      "--warmup_steps=5", "--learning_rate=3e-3", "--eval_every_steps=20")
     assert out.returncode == 0, out.stderr
+    assert "training a SentencePiece tokenizer of up to 1,000 pieces on 6,923 lines" in out.stdout, "says so"
     result = read_result(pretrained)
     assert result["validation"]["loss"] < np.log(1000) - 0.5, "learned more than a uniform guess"
     assert (pretrained / "tokenizer").exists()
@@ -46,12 +47,14 @@ def test_t5_text_to_text_trains_and_answers(tmp_path):
     common = [f"--workdir={workdir}", f"--manual_dir={SST2}", "--preset=cpu", "--block_size=40", "--vocab_size=1000",
               "--embed_dim=64", "--head_dim=16", "--mlp_dim=128"]
     out = run_module("experiments.t5_sst2", *common, "--train_steps=80", "--batch_size=16", "--learning_rate=3e-3",
-                     "--warmup_steps=10")
+                     "--warmup_steps=10", "--host_devices=2")
     assert out.returncode == 0, out.stderr
     test = read_result(workdir)["test"]
     assert test["exact_match"] > 0.45, "answers a class name, right about as often as chance or better"
     assert test["accuracy"] > test["exact_match"], "the EOS token is right more often than the whole answer"
-    out = run_module("experiments.t5_sst2", *common, "--mode=predict", "--text=a gorgeous , witty film .")
+    # On one device, from the run's own settings: --workdir and the mode's flags alone.
+    out = run_module("experiments.t5_sst2", f"--workdir={workdir}", "--mode=predict",
+                     "--text=a gorgeous , witty film .")
     assert out.returncode == 0, out.stderr
     answer = out.stdout.strip().splitlines()[-1]
     assert answer.startswith("'a gorgeous , witty film .' -> ") and answer.split(" -> ")[1].split()[0] in (

@@ -78,6 +78,7 @@ def prepared_mnist(tmp_path_factory):
     out = run_module("bmjax.data", "prepare", "mnist", f"--manual_dir={MNIST_RAW}", f"--data_dir={data_dir}")
     assert out.returncode == 0, out.stderr
     assert f"mnist is prepared in {data_dir / 'mnist' / '3.0.1'}" in out.stdout
+    assert f"preparing mnist from the files in {MNIST_RAW} into {data_dir}" in out.stdout, "says what takes time"
     return data_dir
 
 

@@ -222,11 +222,24 @@ def test_sampling_is_reproducible_and_filtered():
     np.testing.assert_array_equal(sample(4, top_p=1e-6), greedy)
 
 
-def test_generate_rejects_sequences_longer_than_the_block():
-    model = GPT(**TINY)
-    params = init_params(model)
-    with pytest.raises(ValueError, match="block_size"):
-        generate(model, params, random_tokens((1, 20)), 5, jax.random.PRNGKey(0))
+def test_generate_slides_a_window_past_the_block():
+    """Past block_size, each token comes from the latest window: the prompt's block, then from half a block on."""
+    block = 8
+    model = GPT(**{**TINY, "block_size": block, "num_layers": 1})
+    params = init_params(model, spread=0.3)
+    prompt = random_tokens((2, 3))
+    out = generate(model, params, prompt, 14, jax.random.PRNGKey(0), greedy=True)
+    assert out.shape == (2, 17)
+    tokens, start = prompt, 0  # the same tokens recomputed without a cache, the window slid by hand
+    apply = jax.jit(model.apply)
+    for _ in range(14):
+        if tokens.shape[1] - start == block:
+            start = tokens.shape[1] - block // 2
+        logits = apply({"params": params}, tokens[:, start:])
+        tokens = jnp.concatenate([tokens, jnp.argmax(logits[:, -1], -1)[:, None].astype(tokens.dtype)], axis=1)
+    np.testing.assert_array_equal(out, tokens)
+    long_prompt = random_tokens((1, 12))  # longer than the block: the window starts at its end
+    assert generate(model, params, long_prompt, 5, jax.random.PRNGKey(0)).shape == (1, 17)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_gradients():

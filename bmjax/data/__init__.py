@@ -5,5 +5,5 @@ from bmjax.data.sources import ArraySource, Dataset, DatasetInfo, Source
 from bmjax.data.text import (CharTokenizer, SentencePieceTokenizer, load_tokenizer, mask_tokens, pack_sequences,
                              pad_sequences)
 
-__all__ = ["NAMES", "ArraySource", "CharTokenizer", "DataSpec", "Dataset", "DatasetInfo", "SentencePieceTokenizer", "Source",
-           "load", "load_tokenizer", "mask_tokens", "pack_sequences", "pad_sequences", "prepare"]
+__all__ = ["NAMES", "ArraySource", "CharTokenizer", "DataSpec", "Dataset", "DatasetInfo", "SentencePieceTokenizer",
+           "Source", "load", "load_tokenizer", "mask_tokens", "pack_sequences", "pad_sequences", "prepare"]

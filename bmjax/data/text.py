@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bmjax import console
 from bmjax.data.sources import ArraySource, Dataset, DatasetInfo, Source
 from bmjax.errors import UsageError
 
@@ -116,6 +117,7 @@ class SentencePieceTokenizer(_Specials):
         if not lines:
             raise UsageError("there is no text to train a tokenizer on; check the dataset's training split")
         model = io.BytesIO()
+        console.say(f"training a SentencePiece tokenizer of up to {vocab_size:,} pieces on {len(lines):,} lines")
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type="unigram",

@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from bmjax import console
 from bmjax.data import array_cache
 from bmjax.data.sources import ArraySource, DatasetInfo, Source
 from bmjax.errors import UsageError
@@ -44,9 +45,18 @@ def builder(name: str, data_dir: Optional[str]):
 
 
 def _unknown(name: str) -> UsageError:
-    from bmjax.data.local import NAMES
+    import difflib
 
-    return UsageError(f"unknown dataset {name!r}; choose one of bmjax's ({', '.join(NAMES)}) or any TFDS "
+    import tensorflow_datasets as tfds
+
+    from bmjax.data.local import NAMES
+    from bmjax.data.sst2 import NAME as SST2
+    from bmjax.data.text import TEXT_DATASETS
+
+    known = list(NAMES) + list(TEXT_DATASETS) + [SST2] + tfds.list_builders()
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return UsageError(f"unknown dataset {name!r}; {hint}choose one of bmjax's ({', '.join(NAMES)}) or any TFDS "
                       "dataset name (tfds.list_builders())")
 
 
@@ -97,6 +107,9 @@ def prepare(name: str, *, data_dir: Optional[str] = None, manual_dir: Optional[s
 
 def _download_and_prepare(dataset_builder, config, files, manual_dir=None, download_dir=None):
     name = dataset_builder.name
+    source = f"the files in {manual_dir}" if manual_dir else "its download site"
+    console.say(f"preparing {name} from {source} into {dataset_builder.data_dir_root} (once; TFDS checks the "
+                "files' checksums)")
     try:
         dataset_builder.download_and_prepare(download_dir=download_dir, download_config=config)
     except Exception as e:  # TFDS raises many types; the checksum one names the URL of the bad file

@@ -5,6 +5,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bmjax.errors import UsageError
 from bmjax.models.mlp import KERNEL_INIT
 from bmjax.models.registry import register
 
@@ -27,9 +28,14 @@ class SeedCNN(nn.Module):
         if x.ndim == 3:  # [batch, height, width] -> add a channel axis
             x = x[..., None]
         conv = nn.remat(nn.Conv) if self.remat else nn.Conv  # named alike either way, so checkpoints fit both
+        size = x.shape[1:3]
         for i, features in enumerate(self.conv_features):
             x = conv(features, (self.kernel_size,) * 2, padding=self.conv_padding, kernel_init=KERNEL_INIT,
                      dtype=self.dtype, param_dtype=self.param_dtype, name=f"Conv_{i}")(x)
+            if min(x.shape[1:3]) < 2:
+                raise UsageError(f"the CNN's inputs of {size[0]}x{size[1]} leave {x.shape[1]}x{x.shape[2]} feature "
+                                 f"maps after convolution {i + 1} ({self.conv_padding} padding), too few to pool; use "
+                                 "--conv_padding=SAME, a smaller --kernel_size or fewer --conv_features")
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden_sizes:

@@ -1,22 +1,36 @@
 """Orbax checkpoints of a program's state, whatever pytree it is: save, resume the newest complete one, and read
-parts of another run's (its parameters, for fine-tuning and inference) onto any devices."""
+parts of another run's (its parameters, for fine-tuning and inference) onto any devices.
+
+Every checkpoint carries a digest of each array (two position-weighted sums of its bits, computed where the
+array lives), checked when it is read back: damaged bytes are an error, not a run that carries on with them.
+"""
 
 import os
+import re
+import shutil
+import sys
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from bmjax import console
 from bmjax.errors import UsageError
+
+DIGESTS = "bmjax_digests"  # the checkpoint's custom metadata: {array path: [sum, weighted sum]}
+SUPERSEDED = "superseded"  # checkpoints newer than --restore_step move here
 
 
 class Checkpointer:
     """Checkpoints of one run, in WORKDIR/checkpoints; half-written saves are ignored by orbax."""
 
-    def __init__(self, workdir: str, keep: int):
+    def __init__(self, workdir: str, keep: int, restore_step: Optional[int] = None):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        if restore_step is not None:
+            _supersede_after(self.directory, restore_step)
         self.manager = ocp.CheckpointManager(
             self.directory, item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
@@ -25,10 +39,12 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state) -> None:
-        self.manager.save(step, args=ocp.args.StandardSave(serialization.to_state_dict(state)))
+        tree = serialization.to_state_dict(state)
+        self.manager.save(step, args=ocp.args.StandardSave(tree), custom_metadata={DIGESTS: digests(tree)})
 
     def restore(self, state, step: Optional[int] = None):
-        """The checkpoint at `step` (default: newest) restored into the structure, shapes and shardings of `state`."""
+        """The checkpoint at `step` (default: newest) restored into the structure, shapes and shardings of `state`,
+        its digests checked."""
         step = self.latest_step() if step is None else step
         target = serialization.to_state_dict(state)
         try:
@@ -40,16 +56,72 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
+            _quiet_straggling_reads()
             raise self._unreadable(step, e) from None
+        damaged = check_digests(restored, self.manager.metadata(step).custom_metadata)
+        if damaged:
+            raise self._unreadable(step, f"{damaged} does not match the digest saved with it")
         return serialization.from_state_dict(state, restored)
 
-    def _unreadable(self, step: int, error: Exception) -> UsageError:
-        return UsageError(f"checkpoint {step} in {self.directory} cannot be read ({_first_line(error)}); move "
-                          f"{os.path.join(self.directory, str(step))} away to resume from the one before")
+    def _unreadable(self, step: int, reason) -> UsageError:
+        reason = reason if isinstance(reason, str) else _first_line(reason)
+        earlier = [s for s in self.manager.all_steps() if s < step]
+        fallback = (f"resume from checkpoint {max(earlier)} with --restore_step={max(earlier)}" if earlier else
+                    "there is no earlier checkpoint: start again in a new --workdir")
+        return UsageError(f"checkpoint {step} in {self.directory} is damaged ({reason}); {fallback}")
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def digests(tree) -> dict:
+    """{path: [sum of the array's bits as uint32 words, their sum weighted by position]}, both modulo 2**32."""
+    sums = _fingerprints(jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), tree))
+    return {path: [int(v) for v in np.asarray(value.addressable_data(0))] for path, value in _flat(sums).items()}
+
+
+def check_digests(tree, custom_metadata) -> Optional[str]:
+    """The path of the first array of `tree` whose digest differs from the one saved (None: all match, or the
+    checkpoint predates digests)."""
+    saved = (custom_metadata or {}).get(DIGESTS)
+    if not saved:
+        return None
+    ours = digests(tree)
+    return next((path for path, value in ours.items() if path in saved and saved[path] != value), None)
+
+
+@jax.jit
+def _fingerprints(tree):
+    def fingerprint(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if x.dtype == jnp.bool_:
+            x = x.astype(jnp.uint8)
+        words = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+        words = jax.lax.bitcast_convert_type(x, words).astype(jnp.uint32).reshape(-1)
+        position = jnp.arange(1, words.size + 1, dtype=jnp.uint32)
+        return jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * position, dtype=jnp.uint32)])
+
+    return jax.tree.map(fingerprint, tree)
+
+
+def _supersede_after(directory: str, step: int) -> None:
+    """--restore_step: moves the checkpoints newer than `step` into checkpoints/superseded/ (kept, not deleted)."""
+    steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+    if step not in steps:
+        raise UsageError(f"--restore_step={step}: {directory} holds no checkpoint {step} (it has "
+                         f"{', '.join(map(str, steps)) or 'none'})")
+    newer = [s for s in steps if s > step]
+    for s in newer:
+        target = os.path.join(directory, SUPERSEDED, str(s))
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(os.path.join(directory, str(s)), target)
+    if newer:
+        console.say(f"resuming from checkpoint {step}: checkpoints {', '.join(map(str, newer))} moved to "
+                    f"{os.path.join(directory, SUPERSEDED)}")
 
 
 def read_saved(run_dir: str, keys: Optional[tuple[str, ...]] = None, *, step: Optional[int] = None,
@@ -68,11 +140,19 @@ def read_saved(run_dir: str, keys: Optional[tuple[str, ...]] = None, *, step: Op
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             wanted = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved[k])
                       for k in (saved if keys is None else keys) if k in saved}
+            if not wanted:
+                return {}, step
             restored = manager.restore(step, args=ocp.args.PyTreeRestore(
                 item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True))
-        except Exception as e:
-            raise UsageError(f"checkpoint {step} in {directory} cannot be read ({_first_line(e)}); pass a run whose "
-                             "checkpoints are intact") from None
+            damaged = check_digests(restored, manager.metadata(step).custom_metadata)
+            reason = damaged and f"{damaged} does not match the digest saved with it"
+        except Exception as e:  # orbax and tensorstore raise many types for damaged files
+            _quiet_straggling_reads()
+            reason = _first_line(e)
+        if reason:
+            earlier = [s for s in manager.all_steps() if s < step]
+            fallback = f"; its checkpoint {max(earlier)} may be intact" if earlier else ""
+            raise UsageError(f"{flag}={run_dir}: checkpoint {step} in {directory} is damaged ({reason}){fallback}")
     return restored, step
 
 
@@ -84,6 +164,15 @@ def load_params(run_dir: str, params, model_state, seeds: Optional[int] = None):
     """
     saved, step = read_saved(run_dir, ("params", "model_state"))
     where = f"--restore_from={run_dir} (step {step})"
+    ours, theirs = _shapes({"params": params, "model_state": model_state}), _shapes(saved)
+    shared = [path for path in ours if path in theirs]
+    if not shared:
+        raise UsageError(f"{where} shares no array with this model (it has {', '.join(list(theirs)[:3])}, ...; this "
+                         f"model {', '.join(list(ours)[:3])}, ...); fine-tune from a run of a model of this family")
+    fresh = [path for path in ours if path not in theirs]
+    console.say(f"restored {len(shared)} of {len(ours)} arrays from {where}"
+                + (f"; {len(fresh)} start from their initialisation ({', '.join(fresh[:3])}"
+                   f"{', ...' if len(fresh) > 3 else ''})" if fresh else ""))
     return (_merge(saved.get("params") or {}, params, where, "params", seeds),
             _merge(saved.get("model_state") or {}, model_state, where, "model_state", seeds), step)
 
@@ -116,6 +205,24 @@ def _merge(theirs, ours, where: str, prefix: str, seeds: Optional[int] = None):
     return {k: _merge(theirs[k], v, where, f"{prefix}/{k}", seeds) if k in theirs else v for k, v in ours.items()}
 
 
+def _quiet_straggling_reads() -> None:
+    """After a failed read, TensorStore's other reads still in flight fail in turn and report it from its own
+    threads: an asyncio loop already closed, an array index it could not read. They repeat the failure just
+    reported; every other error still reaches its hook."""
+    def straggler(error) -> bool:
+        text = str(error)
+        return text == "Event loop is closed" or text.startswith("Encountered error while reading array index")
+
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+    sys.excepthook = lambda kind, error, trace: None if straggler(error) else excepthook(kind, error, trace)
+    sys.unraisablehook = lambda unraisable: None if straggler(unraisable.exc_value) else unraisablehook(unraisable)
+
+
+def _flat(tree) -> dict:
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def _shapes(tree) -> dict:
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
     return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape) for path, leaf in leaves
@@ -123,5 +230,7 @@ def _shapes(tree) -> dict:
 
 
 def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__
+    """An error's first line, without TensorStore's pointer to its details (a C++ method's repr)."""
+    text = re.sub(r"\.?\s*See full TensorStore details:.*", "", str(error).strip(), flags=re.S)
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= 160 else line[:157] + "..."

@@ -9,15 +9,19 @@ the cadence flags never cause a new compilation.
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Optional
 
 import jax
 import numpy as np
 from flax import serialization
+from jax.experimental import multihost_utils
 
-from bmjax.config import Config
+from bmjax import console
+from bmjax.config import Config, field_metadata
 from bmjax.errors import UsageError
 from bmjax.train import feeds, runlog, strategy as strategy_lib
 from bmjax.train.checkpoint import Checkpointer, load_params
@@ -31,6 +35,46 @@ _compilations = {"count": 0, "seconds": 0.0}
 
 class TrainingDiverged(UsageError):
     """A metric became NaN or infinite."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after saving a checkpoint; the command-line exit status is 128 + signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum, self.message = signum, message
+
+
+class _Interrupts:
+    """While training, SIGINT and SIGTERM (a pre-empted TPU VM's) ask the loop to save a checkpoint at the end of
+    the current segment and stop; a second SIGINT stops at once. All processes stop at the same segment."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received, self.previous = 0, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        console.say(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this segment, then "
+                    "stopping (Ctrl-C again stops at once)")
+
+    def requested(self) -> int:
+        """The signal that asked to stop (0: none), agreed by every process."""
+        if jax.process_count() == 1:
+            return self.received
+        return int(np.max(multihost_utils.process_allgather(np.int32(self.received))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +116,7 @@ def run(config: Config, command: str = "bmjax") -> dict:
     began, compiled = time.time(), dict(_compilations)
     primary = jax.process_index() == 0
     workdir = _prepare_workdir(config.workdir)
+    _check_same_run(workdir, config)
     strategy = strategy_lib.create(config.parallel, config.mesh)
     plan = config.build_program(Context(workdir, strategy.axis_name, strategy.num_shards, primary))
     seeds = tuple(config.seed + i for i in range(config.num_seeds))
@@ -80,17 +125,25 @@ def run(config: Config, command: str = "bmjax") -> dict:
     feed = feeds.create(config, plan.dataset, program, strategy, seeds, schedule.steps_per_epoch, schedule.intervals)
 
     state = program.init(seed_keys(seeds))
+    _announce(config, command, plan, program.describe(state), strategy, schedule, workdir, seeds)
     logical = program.state_axes(state)
     place = lambda s: strategy.place_state(s, logical)
     canonical = lambda s: strategy.canonical(s, logical)
     flops_per_step = _flops_per_step(program, state, feed.example_batch(), strategy.axis_name)
     state = place(state)
-    checkpoints = Checkpointer(workdir, config.keep_checkpoints)
-    if checkpoints.latest_step() is not None:  # restored straight into this run's shardings
-        state = place(checkpoints.restore(canonical(state)))
-    elif config.restore_from:
-        state = place(_fine_tune_start(canonical(state), config.restore_from, len(seeds)))
+    checkpoints = Checkpointer(workdir, config.keep_checkpoints, config.restore_step)
+    try:
+        if checkpoints.latest_step() is not None:  # restored straight into this run's shardings
+            state = place(checkpoints.restore(canonical(state)))
+        elif config.restore_from:
+            state = place(_fine_tune_start(canonical(state), config.restore_from, len(seeds)))
+    except BaseException:
+        checkpoints.close()  # orbax's reads in flight finish before the process ends
+        raise
     start_step = int(np.max(strategy.fetch(_step_of(state))))
+    if 0 < start_step < schedule.total_steps:
+        console.say(f"resuming from step {start_step} of {schedule.total_steps} (checkpoint in "
+                    f"{checkpoints.directory})")
 
     result_path = os.path.join(workdir, "result.json")
     if start_step >= schedule.total_steps and os.path.exists(result_path):
@@ -106,7 +159,9 @@ def run(config: Config, command: str = "bmjax") -> dict:
             f.write(config.flagfile_text(command))
         _write_run_record(workdir, config, plan, seeds)
 
-    log = runlog.RunLog(workdir, schedule.total_steps, start_step, enabled=primary)
+    log = runlog.RunLog(workdir, schedule.total_steps, start_step, enabled=primary,
+                        steps_per_epoch=schedule.steps_per_epoch)
+    console.say(f"training steps {start_step + 1}-{schedule.total_steps}; the first call compiles the step")
     try:
         state, times = _train(program, feed, schedule, state, start_step, log, checkpoints, canonical, seeds)
         result = {"experiment": command, "program": type(plan.program).__name__, "strategy": strategy.name,
@@ -137,29 +192,74 @@ def run(config: Config, command: str = "bmjax") -> dict:
             json.dump(result, f, indent=2)
         runlog.plot_curves(workdir, title=f"{os.path.basename(workdir)} ({command})")
         _print_result(result)
+        console.say(f"\nwrote {result_path}, curves.png and metrics.jsonl in {workdir}; TensorBoard: tensorboard "
+                    f"--logdir={os.path.join(workdir, 'tensorboard')}")
     return result
+
+
+def _announce(config: Config, command: str, plan, facts: dict, strategy, schedule: "Schedule", workdir: str,
+              seeds) -> None:
+    """The run in a few lines: what trains on what, on which devices, where it writes; and settings that make
+    it meaningless."""
+    size = f", {facts['parameters']:,} parameters" if "parameters" in facts else ""
+    model = f", model {config.model}" if plan.model_io is not None else ""
+    several = f", seeds {seeds[0]}-{seeds[-1]} at once" if len(seeds) > 1 else ""
+    console.say(f"{command}: {type(plan.program).__name__}{model}{size}{several}")
+    layout = f" {dict(strategy.mesh.shape)}" if hasattr(strategy, "mesh") else ""
+    console.say(f"devices: {strategy.num_shards} of {jax.device_count()} {jax.default_backend()} device(s), "
+                f"strategy {strategy.name}{layout}, {jax.process_count()} process(es)")
+    length = f"{schedule.total_steps:,} steps"
+    if plan.dataset is not None:
+        splits = [f"{len(getattr(plan.dataset, s)):,} {s}" for s in ("train", "validation", "test")
+                  if getattr(plan.dataset, s) is not None]
+        epochs = schedule.total_steps / schedule.steps_per_epoch
+        console.say(f"data: {config.dataset}, {' / '.join(splits)} examples; {length} ({epochs:.3g} epochs of "
+                    f"{schedule.steps_per_epoch}, batch {config.batch_size})")
+        validation = plan.dataset.validation
+        if validation is not None and len(validation) < config.batch_size:
+            console.warn(f"the validation split holds {len(validation)} examples, fewer than one batch of "
+                         f"{config.batch_size}: its numbers are noisy; raise --validation_split")
+    else:
+        console.say(f"data: made by the program; {length}")
+    if config.eval_every_steps and config.eval_every_steps > schedule.total_steps:
+        console.warn(f"--eval_every_steps={config.eval_every_steps} is longer than the run's {length}: nothing is "
+                     "evaluated before the end")
+    console.say(f"workdir: {workdir}")
 
 
 def _train(program, feed, schedule: Schedule, state, start_step: int, log, checkpoints, canonical, seeds):
     """The one loop: each segment's steps, then whatever falls due at its end (a log, an evaluation of every split
-    but the test split, a checkpoint). Returns the state and the seconds spent per epoch (or in all, as epoch 0)."""
+    but the test split, a checkpoint; a stop asked for by a signal). Returns the state and the seconds spent per
+    epoch (or in all, as epoch 0)."""
     seconds = {}
-    for first, end in schedule.segments(start_step):
-        tick = time.time()
-        state, sums = feed.train(state, first, end - first)
-        took = time.time() - tick
-        _check_finite(sums, first, seeds, checkpoints)
-        log.write(end, "train", program.summarize(_total(sums)), steps_per_second=(end - first) / took,
-                  **program.learning_rates(end))
-        if end % schedule.eval_every == 0 and end < schedule.total_steps:
-            for split in feed.splits:
-                if split != "test":  # the test split is evaluated once, at the end
-                    log.write(end, split, program.summarize(feed.evaluate(state, split)))
-        epoch = first // schedule.steps_per_epoch if schedule.steps_per_epoch else 0
-        seconds[epoch] = seconds.get(epoch, 0.0) + time.time() - tick  # an epoch's validation counts, as in Keras
-        if end % schedule.checkpoint_every == 0 or end == schedule.total_steps:
-            checkpoints.save(end, canonical(state))
+    with _Interrupts() as interrupts:
+        for first, end in schedule.segments(start_step):
+            state = _train_segment(program, feed, schedule, state, first, end, log, checkpoints, seeds, seconds)
+            stop = interrupts.requested()
+            if end % schedule.checkpoint_every == 0 or end == schedule.total_steps or stop:
+                checkpoints.save(end, canonical(state))
+            if stop:  # run() closes the checkpoints, waiting for this one to be written
+                raise Interrupted(stop, f"stopped by {signal.Signals(stop).name} at step {end}; its checkpoint is "
+                                        f"in {checkpoints.directory}: rerun the same command to resume")
     return state, seconds
+
+
+def _train_segment(program, feed, schedule: Schedule, state, first: int, end: int, log, checkpoints, seeds,
+                   seconds: dict):
+    """Steps `first`..`end`, then their log and any evaluation that falls due; adds the time to `seconds`."""
+    tick = time.time()
+    state, sums = feed.train(state, first, end - first)
+    took = time.time() - tick
+    _check_finite(sums, first, seeds, checkpoints)
+    log.write(end, "train", program.summarize(_total(sums)), steps_per_second=(end - first) / took,
+              **program.learning_rates(end))
+    if end % schedule.eval_every == 0 and end < schedule.total_steps:
+        for split in feed.splits:
+            if split != "test":  # the test split is evaluated once, at the end
+                log.write(end, split, program.summarize(feed.evaluate(state, split)))
+    epoch = first // schedule.steps_per_epoch if schedule.steps_per_epoch else 0
+    seconds[epoch] = seconds.get(epoch, 0.0) + time.time() - tick  # an epoch's validation counts, as in Keras
+    return state
 
 
 def _fine_tune_start(state, run_dir: str, num_seeds: int):
@@ -171,6 +271,36 @@ def _fine_tune_start(state, run_dir: str, num_seeds: int):
     params, model_state, _ = load_params(run_dir, tree["params"], tree["model_state"],
                                          seeds=num_seeds if num_seeds > 1 else None)
     return serialization.from_state_dict(state, {**tree, "params": params, "model_state": model_state})
+
+
+def _check_same_run(workdir: str, config: Config) -> None:
+    """UsageError unless `config` trains what the run saved in `workdir` trained, up to the settings that do not
+    change training (cadence, paths, devices) and, with --extend, its length."""
+    path, checkpoints = os.path.join(workdir, RUN_FILE), os.path.join(workdir, "checkpoints")
+    saved_any = os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
+    if not saved_any or not os.path.exists(path):
+        return
+    with open(path) as f:
+        record = json.load(f)
+    kind = f"{type(config).__module__}:{type(config).__qualname__}"
+    if record["config_class"].rpartition(":")[2] != type(config).__qualname__:
+        raise UsageError(f"--workdir={workdir} holds a run of {record['config_class']}, not of {kind}; use a new "
+                         "--workdir")
+    saved, ours = record["config"], json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists
+    changed = [name for name in ours if field_metadata(type(config), name)["trains"]
+               and name in saved and saved[name] != ours[name]]
+    if config.extend:
+        changed = [name for name in changed if name not in ("train_steps", "epochs")]
+    if changed:
+        differences = ", ".join(f"--{name}={_flag_value(saved[name])} there, {_flag_value(ours[name])} here"
+                                for name in changed)
+        longer = " (to change its length, add --extend)" if set(changed) <= {"train_steps", "epochs"} else ""
+        raise UsageError(f"--workdir={workdir} holds a run with other settings: {differences}; use a new --workdir, "
+                         f"or the run's own flags (--flagfile={os.path.join(workdir, 'flags.txt')}){longer}")
+
+
+def _flag_value(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _write_run_record(workdir: str, config: Config, plan, seeds) -> None:

@@ -9,19 +9,21 @@ from typing import Optional
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
-SHOWN = ("loss", "accuracy", "exact_match", "macro_f1", "perplexity", "mse", "mae", "r2", "return",
+SHOWN = ("loss", "accuracy", "exact_match", "macro_f1", "perplexity", "mse", "mae", "r2",
          "episode_return")  # on the console
-PLOTTED = ("loss", "accuracy", "r2")
+PLOTTED = ("loss", "accuracy", "r2", "episode_return")  # the first two a run logs go into curves.png
 
 
 class RunLog:
     """Writes each training log and evaluation once (process 0 only)."""
 
-    def __init__(self, workdir: str, total_steps: int, start_step: int, enabled: bool = True):
+    def __init__(self, workdir: str, total_steps: int, start_step: int, enabled: bool = True,
+                 steps_per_epoch: Optional[int] = None):
         self.enabled = enabled
         self.workdir = workdir
         self.bar = None
         self.writer = None
+        self.steps_per_epoch = steps_per_epoch
         if not enabled:
             return
         path = os.path.join(workdir, METRICS_FILE)
@@ -53,13 +55,20 @@ class RunLog:
             return
         text = format_numbers(scalars, ".4g")
         if self.bar is not None:
-            if split == "train":
+            if split == "train":  # the bar shows the step rate itself
                 self.bar.n = step
-                self.bar.set_postfix_str(text, refresh=True)
+                self.bar.set_postfix_str(self._epoch(step) + format_numbers(
+                    {k: v for k, v in scalars.items() if k != "steps_per_second"}, ".4g"), refresh=True)
             else:
                 self.bar.write(f"step {step} {split}: {text}")
         else:
             print(f"step {step}/{self.total_steps} {split}: {text}", flush=True)
+
+    def _epoch(self, step: int) -> str:
+        if not self.steps_per_epoch:
+            return ""
+        epochs = -(-self.total_steps // self.steps_per_epoch)
+        return f"epoch {min(-(-step // self.steps_per_epoch), epochs)}/{epochs} "
 
     def close(self) -> None:
         if not self.enabled:
@@ -106,7 +115,7 @@ def plot_curves(workdir: str, out: Optional[str] = None, title: Optional[str] = 
         fig.suptitle(" ".join(filter(None, [title, f"mean ± std over {seeds} seeds" if seeds else None])))
     fig.tight_layout()
     out = out or os.path.join(workdir, "curves.png")
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, metadata={"Title": title} if title else None)
     return out
 
 

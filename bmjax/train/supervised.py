@@ -9,7 +9,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from bmjax import data, optim, tasks
+from bmjax import console, data, optim, tasks
 from bmjax.data import preprocess
 from bmjax.errors import UsageError
 from bmjax.models import ModelIO
@@ -33,7 +33,16 @@ class Supervised(Program):
         self._eval_step = step_lib.make_eval_step(task, axis_name=axis_name)
 
     def init(self, rng) -> state_lib.TrainState:
-        return state_lib.create(self.model, self.tx, self.example_x, rng)
+        try:
+            return state_lib.create(self.model, self.tx, self.example_x, rng)
+        except UsageError:
+            raise
+        except Exception as e:  # a model that cannot take the dataset's inputs fails in many ways
+            shapes = jax.tree.map(lambda x: tuple(x.shape[1:]), self.example_x)
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UsageError(f"the model {type(self.model).__name__} cannot take this dataset's inputs of shape "
+                             f"{shapes} ({type(e).__name__}: {reason}); choose a --model (or its settings) that fits "
+                             "them") from None
 
     def state_axes(self, state):
         named = state_lib.logical_axes(self.model, self.tx, self.example_x)
@@ -73,6 +82,9 @@ def build(config, context: Context) -> Plan:
     io = ModelIO(num_outputs=task.num_outputs, vocab_size=dataset.info.vocab_size, inputs=inputs,
                  axis_name=context.axis_name)
     _, total_steps = run_length(config, dataset)
+    if config.lr_schedule == "warmup_cosine" and config.warmup_steps >= total_steps:
+        console.warn(f"--warmup_steps={config.warmup_steps} is not shorter than the run's {total_steps} steps: the "
+                     f"learning rate never reaches --learning_rate={config.learning_rate}")
     program = Supervised(config.build_model(io), task, optim.create(config, total_steps), example_x,
                          schedule=optim.schedule(config, total_steps),
                          count_trainable=lambda params: optim.trainable_count(config, params),

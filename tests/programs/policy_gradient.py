@@ -65,8 +65,9 @@ class PolicyGradient(Program):
 
     def state_axes(self, state):
         per_env = lambda tree: jax.tree.map(lambda _: P("batch"), tree)
-        return state.replace(step=P(), agent=jax.tree.map(lambda _: P(), state.agent), env_state=per_env(state.env_state),
-                             obs=P("batch"), keys=P("batch"), episode_return=P("batch"))
+        return state.replace(step=P(), agent=jax.tree.map(lambda _: P(), state.agent),
+                             env_state=per_env(state.env_state), obs=P("batch"), keys=P("batch"),
+                             episode_return=P("batch"))
 
     def _total(self, x):
         return lax.psum(x, self.axis_name) if self.axis_name else x
@@ -143,8 +144,8 @@ class PolicyGradient(Program):
         return {"return": jnp.sum(total), "episodes": jnp.float32(self.eval_envs)}
 
     def summarize(self, sums, detailed=False):
-        if "return" in sums:
-            return {"return": float(sums["return"] / sums["episodes"])}
+        if "return" in sums:  # an evaluation
+            return {"episode_return": float(sums["return"] / sums["episodes"])}
         episodes = float(sums["episodes"])
         return {"loss": float(sums["loss"] / sums["count"]), "episodes": episodes,
                 "episode_return": float(sums["episode_return"] / episodes) if episodes else float("nan")}
