@@ -25,7 +25,7 @@ from bmjax.data import DatasetInfo, load_tokenizer, preprocess
 from bmjax.errors import UsageError
 from bmjax.models import ModelIO
 from bmjax.train.checkpoint import check_compatible, read_saved
-from bmjax.train.loop import RUN_FILE
+from bmjax.train.workdir import RUN_FILE
 from bmjax.train.supervised import TOKENIZER_FILE
 
 

@@ -10,24 +10,21 @@ import dataclasses
 import json
 import os
 import signal
-import sys
-import threading
 import time
 from typing import Optional
 
 import jax
 import numpy as np
 from flax import serialization
-from jax.experimental import multihost_utils
 
 from bmjax import console
-from bmjax.config import Config, field_metadata
+from bmjax.config import Config
 from bmjax.errors import UsageError
-from bmjax.train import feeds, runlog, strategy as strategy_lib
+from bmjax.train import feeds, runlog, strategy as strategy_lib, workdir as workdir_lib
 from bmjax.train.checkpoint import Checkpointer, load_params
+from bmjax.train.interrupts import Interrupted, Interrupts
 from bmjax.train.program import Context, ManySeeds, seed_keys
 
-RUN_FILE = "run.json"  # what bmjax.restore needs to rebuild the run's model
 FINE_TUNED = ("params", "model_state")  # the parts of a state --restore_from carries into a new run
 _distributed_started = False
 _compilations = {"count": 0, "seconds": 0.0}
@@ -35,46 +32,6 @@ _compilations = {"count": 0, "seconds": 0.0}
 
 class TrainingDiverged(UsageError):
     """A metric became NaN or infinite."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped training after saving a checkpoint; the command-line exit status is 128 + signal."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum, self.message = signum, message
-
-
-class _Interrupts:
-    """While training, SIGINT and SIGTERM (a pre-empted TPU VM's) ask the loop to save a checkpoint at the end of
-    the current segment and stop; a second SIGINT stops at once. All processes stop at the same segment."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received, self.previous = 0, {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame):
-        if self.received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
-        console.say(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this segment, then "
-                    "stopping (Ctrl-C again stops at once)")
-
-    def requested(self) -> int:
-        """The signal that asked to stop (0: none), agreed by every process."""
-        if jax.process_count() == 1:
-            return self.received
-        return int(np.max(multihost_utils.process_allgather(np.int32(self.received))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +72,8 @@ def run(config: Config, command: str = "bmjax") -> dict:
     _start_jax(config)
     began, compiled = time.time(), dict(_compilations)
     primary = jax.process_index() == 0
-    workdir = _prepare_workdir(config.workdir)
-    _check_same_run(workdir, config)
+    workdir = workdir_lib.prepare(config.workdir)
+    workdir_lib.check_same_run(workdir, config)
     strategy = strategy_lib.create(config.parallel, config.mesh)
     plan = config.build_program(Context(workdir, strategy.axis_name, strategy.num_shards, primary))
     seeds = tuple(config.seed + i for i in range(config.num_seeds))
@@ -125,7 +82,7 @@ def run(config: Config, command: str = "bmjax") -> dict:
     feed = feeds.create(config, plan.dataset, program, strategy, seeds, schedule.steps_per_epoch, schedule.intervals)
 
     state = program.init(seed_keys(seeds))
-    _announce(config, command, plan, program.describe(state), strategy, schedule, workdir, seeds)
+    runlog.announce(config, command, plan, program.describe(state), strategy, schedule, workdir, seeds)
     logical = program.state_axes(state)
     place = lambda s: strategy.place_state(s, logical)
     canonical = lambda s: strategy.canonical(s, logical)
@@ -152,12 +109,12 @@ def run(config: Config, command: str = "bmjax") -> dict:
             result = json.load(f)
         if primary:
             print(f"{workdir} has finished {start_step} steps; its result:")
-            _print_result(result)
+            runlog.print_result(result)
         return result
     if primary:
         with open(os.path.join(workdir, "flags.txt"), "w") as f:
             f.write(config.flagfile_text(command))
-        _write_run_record(workdir, config, plan, seeds)
+        workdir_lib.write_record(workdir, config, plan, seeds)
 
     log = runlog.RunLog(workdir, schedule.total_steps, start_step, enabled=primary,
                         steps_per_epoch=schedule.steps_per_epoch)
@@ -191,40 +148,10 @@ def run(config: Config, command: str = "bmjax") -> dict:
         with open(result_path, "w") as f:
             json.dump(result, f, indent=2)
         runlog.plot_curves(workdir, title=f"{os.path.basename(workdir)} ({command})")
-        _print_result(result)
+        runlog.print_result(result)
         console.say(f"\nwrote {result_path}, curves.png and metrics.jsonl in {workdir}; TensorBoard: tensorboard "
                     f"--logdir={os.path.join(workdir, 'tensorboard')}")
     return result
-
-
-def _announce(config: Config, command: str, plan, facts: dict, strategy, schedule: "Schedule", workdir: str,
-              seeds) -> None:
-    """The run in a few lines: what trains on what, on which devices, where it writes; and settings that make
-    it meaningless."""
-    size = f", {facts['parameters']:,} parameters" if "parameters" in facts else ""
-    model = f", model {config.model}" if plan.model_io is not None else ""
-    several = f", seeds {seeds[0]}-{seeds[-1]} at once" if len(seeds) > 1 else ""
-    console.say(f"{command}: {type(plan.program).__name__}{model}{size}{several}")
-    layout = f" {dict(strategy.mesh.shape)}" if hasattr(strategy, "mesh") else ""
-    console.say(f"devices: {strategy.num_shards} of {jax.device_count()} {jax.default_backend()} device(s), "
-                f"strategy {strategy.name}{layout}, {jax.process_count()} process(es)")
-    length = f"{schedule.total_steps:,} steps"
-    if plan.dataset is not None:
-        splits = [f"{len(getattr(plan.dataset, s)):,} {s}" for s in ("train", "validation", "test")
-                  if getattr(plan.dataset, s) is not None]
-        epochs = schedule.total_steps / schedule.steps_per_epoch
-        console.say(f"data: {config.dataset}, {' / '.join(splits)} examples; {length} ({epochs:.3g} epochs of "
-                    f"{schedule.steps_per_epoch}, batch {config.batch_size})")
-        validation = plan.dataset.validation
-        if validation is not None and len(validation) < config.batch_size:
-            console.warn(f"the validation split holds {len(validation)} examples, fewer than one batch of "
-                         f"{config.batch_size}: its numbers are noisy; raise --validation_split")
-    else:
-        console.say(f"data: made by the program; {length}")
-    if config.eval_every_steps and config.eval_every_steps > schedule.total_steps:
-        console.warn(f"--eval_every_steps={config.eval_every_steps} is longer than the run's {length}: nothing is "
-                     "evaluated before the end")
-    console.say(f"workdir: {workdir}")
 
 
 def _train(program, feed, schedule: Schedule, state, start_step: int, log, checkpoints, canonical, seeds):
@@ -232,7 +159,7 @@ def _train(program, feed, schedule: Schedule, state, start_step: int, log, check
     but the test split, a checkpoint; a stop asked for by a signal). Returns the state and the seconds spent per
     epoch (or in all, as epoch 0)."""
     seconds = {}
-    with _Interrupts() as interrupts:
+    with Interrupts() as interrupts:
         for first, end in schedule.segments(start_step):
             state = _train_segment(program, feed, schedule, state, first, end, log, checkpoints, seeds, seconds)
             stop = interrupts.requested()
@@ -271,52 +198,6 @@ def _fine_tune_start(state, run_dir: str, num_seeds: int):
     params, model_state, _ = load_params(run_dir, tree["params"], tree["model_state"],
                                          seeds=num_seeds if num_seeds > 1 else None)
     return serialization.from_state_dict(state, {**tree, "params": params, "model_state": model_state})
-
-
-def _check_same_run(workdir: str, config: Config) -> None:
-    """UsageError unless `config` trains what the run saved in `workdir` trained, up to the settings that do not
-    change training (cadence, paths, devices) and, with --extend, its length."""
-    path, checkpoints = os.path.join(workdir, RUN_FILE), os.path.join(workdir, "checkpoints")
-    saved_any = os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
-    if not saved_any or not os.path.exists(path):
-        return
-    with open(path) as f:
-        record = json.load(f)
-    kind = f"{type(config).__module__}:{type(config).__qualname__}"
-    if record["config_class"].rpartition(":")[2] != type(config).__qualname__:
-        raise UsageError(f"--workdir={workdir} holds a run of {record['config_class']}, not of {kind}; use a new "
-                         "--workdir")
-    saved, ours = record["config"], json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists
-    changed = [name for name in ours if field_metadata(type(config), name)["trains"]
-               and name in saved and saved[name] != ours[name]]
-    if config.extend:
-        changed = [name for name in changed if name not in ("train_steps", "epochs")]
-    if changed:
-        differences = ", ".join(f"--{name}={_flag_value(saved[name])} there, {_flag_value(ours[name])} here"
-                                for name in changed)
-        longer = " (to change its length, add --extend)" if set(changed) <= {"train_steps", "epochs"} else ""
-        raise UsageError(f"--workdir={workdir} holds a run with other settings: {differences}; use a new --workdir, "
-                         f"or the run's own flags (--flagfile={os.path.join(workdir, 'flags.txt')}){longer}")
-
-
-def _flag_value(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def _write_run_record(workdir: str, config: Config, plan, seeds) -> None:
-    """run.json: the experiment's config class and values, and how its model is built, for bmjax.restore."""
-    cls = type(config)
-    module = cls.__module__
-    main = sys.modules.get("__main__")
-    if module == "__main__" and main is not None:  # python -m experiments.NAME, or python path/to/file.py
-        spec, path = getattr(main, "__spec__", None), getattr(main, "__file__", None)  # (a notebook has neither)
-        module = spec.name if spec is not None else os.path.abspath(path) if path else module
-    record = {"config_class": f"{module}:{cls.__qualname__}", "config": dataclasses.asdict(config),
-              "program": type(plan.program).__name__, "seeds": list(seeds),
-              "model_io": plan.model_io.to_json() if plan.model_io is not None else None,
-              "dataset_info": dataclasses.asdict(plan.dataset.info) if plan.dataset is not None else None}
-    with open(os.path.join(workdir, RUN_FILE), "w") as f:
-        json.dump(record, f, indent=2)
 
 
 def _step_of(state):
@@ -386,28 +267,3 @@ def _start_jax(config: Config) -> None:
     elif config.distributed:
         jax.distributed.initialize()
         _distributed_started = True
-
-
-def _prepare_workdir(workdir: str) -> str:
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise UsageError(f"cannot write to --workdir={workdir} ({e.strerror}); choose a writable directory") from None
-    return workdir
-
-
-def _print_result(result: dict) -> None:
-    for split in ("validation", "test", "evaluation"):
-        if split in result:
-            summary = result[split]
-            print(f"{split}: {runlog.format_numbers(summary, '.4f')}")
-    test, label = result.get("test", {}), " (test)"
-    if test.get("seeds"):  # many seeds: the first one's report
-        test, label = test["seeds"][0], f" (test, seed {test['seeds'][0]['seed']})"
-    if "classification_report" in test:
-        print(f"\nclassification report{label}:\n" + test["classification_report"])

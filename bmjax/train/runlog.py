@@ -1,4 +1,5 @@
-"""What a run reports: metrics.jsonl, TensorBoard events, a progress bar or log lines, curves.png."""
+"""What a run reports: its opening lines and result on the console, metrics.jsonl, TensorBoard events, a progress
+bar or log lines, curves.png."""
 
 import json
 import os
@@ -6,7 +7,11 @@ import sys
 import time
 from typing import Optional
 
+import jax
 import numpy as np
+
+from bmjax import console
+from bmjax.config import Config
 
 METRICS_FILE = "metrics.jsonl"
 SHOWN = ("loss", "accuracy", "exact_match", "macro_f1", "perplexity", "mse", "mae", "r2",
@@ -148,3 +153,46 @@ def _drop_records_after(path: str, step: int) -> None:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
     with open(path, "w") as f:
         f.writelines(kept)
+
+
+def announce(config: Config, command: str, plan, facts: dict, strategy, schedule, workdir: str,
+              seeds) -> None:
+    """The run in a few lines: what trains on what, on which devices, where it writes; and settings that make
+    it meaningless."""
+    size = f", {facts['parameters']:,} parameters" if "parameters" in facts else ""
+    model = f", model {config.model}" if plan.model_io is not None else ""
+    several = f", seeds {seeds[0]}-{seeds[-1]} at once" if len(seeds) > 1 else ""
+    console.say(f"{command}: {type(plan.program).__name__}{model}{size}{several}")
+    layout = f" {dict(strategy.mesh.shape)}" if hasattr(strategy, "mesh") else ""
+    console.say(f"devices: {strategy.num_shards} of {jax.device_count()} {jax.default_backend()} device(s), "
+                f"strategy {strategy.name}{layout}, {jax.process_count()} process(es)")
+    length = f"{schedule.total_steps:,} steps"
+    if plan.dataset is not None:
+        splits = [f"{len(getattr(plan.dataset, s)):,} {s}" for s in ("train", "validation", "test")
+                  if getattr(plan.dataset, s) is not None]
+        epochs = schedule.total_steps / schedule.steps_per_epoch
+        console.say(f"data: {config.dataset}, {' / '.join(splits)} examples; {length} ({epochs:.3g} epochs of "
+                    f"{schedule.steps_per_epoch}, batch {config.batch_size})")
+        validation = plan.dataset.validation
+        if validation is not None and len(validation) < config.batch_size:
+            console.warn(f"the validation split holds {len(validation)} examples, fewer than one batch of "
+                         f"{config.batch_size}: its numbers are noisy; raise --validation_split")
+    else:
+        console.say(f"data: made by the program; {length}")
+    if config.eval_every_steps and config.eval_every_steps > schedule.total_steps:
+        console.warn(f"--eval_every_steps={config.eval_every_steps} is longer than the run's {length}: nothing is "
+                     "evaluated before the end")
+    console.say(f"workdir: {workdir}")
+
+
+def print_result(result: dict) -> None:
+    """Each split's main numbers, and the test split's classification report where there is one."""
+    for split in ("validation", "test", "evaluation"):
+        if split in result:
+            summary = result[split]
+            print(f"{split}: {format_numbers(summary, '.4f')}")
+    test, label = result.get("test", {}), " (test)"
+    if test.get("seeds"):  # many seeds: the first one's report
+        test, label = test["seeds"][0], f" (test, seed {test['seeds'][0]['seed']})"
+    if "classification_report" in test:
+        print(f"\nclassification report{label}:\n" + test["classification_report"])
