@@ -48,6 +48,11 @@ def test_bad_flags(tmp_path, flags, fragments):
     assert_usage_error(out, *fragments)
 
 
+def test_bad_preset():
+    out = run_module("experiments.gpt_shakespeare_char", "--workdir=/tmp/unused", "--preset=cpux")
+    assert_usage_error(out, "--preset=cpux", "value should be one of <cpu>")
+
+
 def test_missing_workdir():
     assert_usage_error(run_module(MLP, "--dataset=digits"), "--workdir is required")
 
