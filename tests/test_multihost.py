@@ -18,13 +18,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(workdir, *args):
-    """Runs experiments.mnist_mlp as a 2-process job on 127.0.0.1; returns both (stdout, stderr)."""
-    address = f"127.0.0.1:{free_port()}"
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def run_two_processes(workdir, *args, slurm: bool = False):
+    """Runs experiments.mnist_mlp as a 2-process job on 127.0.0.1; returns both (stdout, stderr). With `slurm`,
+    each process finds the others as under SLURM's srun: from SLURM_* variables, with --distributed."""
+    if slurm:
+        port = next(p for p in range(65535 - 2 ** 12 + 1, 65536) if port_is_free(p))  # SLURM's port range
+        job = {"SLURM_JOB_ID": str(port % 2 ** 12), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+               "SLURM_STEP_NUM_NODES": "1"}
+        flags = lambda i: ["--distributed"]
+        env = lambda i: subprocess_env(**job, SLURM_PROCID=str(i), SLURM_LOCALID=str(i))
+    else:
+        address = f"127.0.0.1:{free_port()}"
+        flags = lambda i: [f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"]
+        env = lambda i: subprocess_env()
     processes = [subprocess.Popen(
-        [sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={workdir}", "--host_devices=2",
-         f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}", *args],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={workdir}", "--host_devices=2", *flags(i), *args],
+        cwd=ROOT, env=env(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
     outputs = [p.communicate(timeout=300) for p in processes]
     for p, (_, err) in zip(processes, outputs):
@@ -32,15 +50,15 @@ def run_two_processes(workdir, *args):
     return outputs
 
 
-@pytest.mark.parametrize("parallel", ["mesh", "pmap"])
-def test_two_processes_match_one(tmp_path, parallel):
+@pytest.mark.parametrize("parallel, slurm", [("mesh", False), ("pmap", False), ("mesh", True)])
+def test_two_processes_match_one(tmp_path, parallel, slurm):
     single = tmp_path / "single"
     out = run_module("experiments.mnist_mlp", f"--workdir={single}", "--host_devices=4", f"--parallel={parallel}",
                      "--data_placement=host", *ARGS)
     assert out.returncode == 0, out.stderr
 
     multi = tmp_path / "multi"
-    outputs = run_two_processes(multi, f"--parallel={parallel}", *ARGS)
+    outputs = run_two_processes(multi, f"--parallel={parallel}", *ARGS, slurm=slurm)
 
     result = read_result(multi)
     assert result["processes"] == 2 and result["devices"] == 4

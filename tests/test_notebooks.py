@@ -1,8 +1,10 @@
 """The Colab notebooks execute on CPU, offline (the quickstart on scikit-learn's digits instead of MNIST)."""
 
 import json
+import sys
 
 import nbformat
+import pytest
 from conftest import ROOT
 from nbclient import NotebookClient
 
@@ -43,3 +45,52 @@ def test_gpt_notebook_executes(shakespeare_dir, tmp_path, monkeypatch):
     assert "greedy:  JULIET:" in outputs and "top-p:   JULIET:" in outputs
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 1
+
+
+def install_cell():
+    """The notebooks' first code cell, the same in each."""
+    cells = {nbformat.read(ROOT / "colab" / name, as_version=4).cells[1].source for name in ("quickstart.ipynb",
+                                                                                           "gpt.ipynb")}
+    assert len(cells) == 1, "both notebooks install bmjax alike"
+    return cells.pop()
+
+
+@pytest.mark.parametrize("source, first_command", [
+    ("https://example.org/bmjax.git", ["git", "clone", "--depth=1", "https://example.org/bmjax.git", "bmjax"]),
+    ("LOCAL", None),
+    ("ARCHIVE", None),
+])
+def test_the_install_cell_installs_from_where_bmjax_source_says(tmp_path, monkeypatch, source, first_command):
+    """Where bmjax is not installed, the first cell installs it from BMJAX_SOURCE (its pip and git commands are
+    recorded, not run), with JAX's build for the runtime; with no source it stops and says what to set."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: commands.append(command))
+    for var in ("TPU_ACCELERATOR_TYPE", "COLAB_TPU_ADDR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("BMJAX_SOURCE", raising=False)
+    with pytest.raises(SystemExit, match="set BMJAX_SOURCE to its git URL, a folder holding it"):
+        exec(install_cell(), {})
+
+    if source == "LOCAL":
+        source = str(ROOT)
+    elif source == "ARCHIVE":
+        (tmp_path / "src" / "bmjax-main").mkdir(parents=True)
+        (tmp_path / "src" / "bmjax-main" / "pyproject.toml").write_text("[project]\nname = 'bmjax'\n")
+        source = shutil.make_archive(str(tmp_path / "upload"), "zip", tmp_path / "src")
+    monkeypatch.setenv("BMJAX_SOURCE", source)
+    namespace = {}
+    exec(install_cell(), namespace)
+    installed = {"LOCAL": str(ROOT), "ARCHIVE": str(tmp_path / "bmjax_source" / "bmjax-main")}
+    folder = str(tmp_path / "bmjax") if first_command else installed["ARCHIVE" if source.endswith(".zip") else "LOCAL"]
+    if first_command:
+        assert commands[0] == first_command
+    assert commands[-1][-4:] == ["install", "-q", "-e", f"{folder}[cuda12]"], "JAX's GPU build on a GPU runtime"
+    assert sys.path[0] == folder
+    sys.path.remove(folder)
