@@ -23,6 +23,8 @@ JAX_CACHE = Path(tempfile.gettempdir()) / f"bmjax-tests-jax-cache-{os.getuid()}"
 def subprocess_env(**extra) -> dict:
     """The environment of a child bmjax process: no simulated-device flags unless asked for."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # This checkout's bmjax, also for files run as scripts (whose sys.path starts at their own folder).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2", **extra)
     return env
