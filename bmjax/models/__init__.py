@@ -7,7 +7,8 @@ An experiment file declares a model of its own with `@models.register(name)`, or
 """
 
 from bmjax.models.registry import REGISTRY, ModelIO, build, names, register
-from bmjax.models import bert, cnn, gpt, mlp, t5, vit  # noqa: F401  (each registers its builders)
+from bmjax.models import (alexnet, bert, cnn, efficientnet, gpt, inception, mlp, resnet, t5, vgg,  # noqa: F401
+                          vit)  # (each registers its builders)
 from bmjax.models.bert import BertForMaskedLM, BertForSequenceClassification
 from bmjax.models.cnn import SeedCNN
 from bmjax.models.gpt import GPT
@@ -15,5 +16,13 @@ from bmjax.models.mlp import MLP
 from bmjax.models.t5 import T5
 from bmjax.models.vit import ViT
 
-__all__ = ["REGISTRY", "ModelIO", "build", "names", "register", "BertForMaskedLM", "BertForSequenceClassification",
+# The convolutional networks of the vision zoo, by the names --model takes (each registered in its family's file).
+ZOO = ("alexnet",
+       *(f"vgg{depth}{bn}" for depth in (11, 13, 16, 19) for bn in ("", "_bn")),
+       *(f"resnet{depth}" for depth in (18, 34, 50, 101, 152)),
+       *(f"resnet{depth}" for depth in (20, 32, 44, 56)),  # the CIFAR ResNets of He et al. (2016)
+       "googlenet",
+       *(f"efficientnet_b{i}" for i in range(4)))
+
+__all__ = ["REGISTRY", "ZOO", "ModelIO", "build", "names", "register", "BertForMaskedLM", "BertForSequenceClassification",
            "SeedCNN", "GPT", "MLP", "T5", "ViT"]

@@ -9,6 +9,7 @@ need of the model (its outputs, the vocabulary it reads, an example input).
 """
 
 import dataclasses
+import re
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -63,7 +64,9 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def names() -> list[str]:
-    return sorted(REGISTRY)
+    """The registered names, numbers in order (resnet18 before resnet101)."""
+    return sorted(REGISTRY, key=lambda name: [int(part) if part.isdigit() else part
+                                              for part in re.split(r"(\d+)", name)])
 
 
 def build(name: str, config, io: ModelIO) -> nn.Module:
