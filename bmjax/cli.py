@@ -23,6 +23,7 @@ GROUPS = {
             "checkpoint_every_steps", "keep_checkpoints", "restore_from", "restore_step", "extend"),
     "data": ("dataset", "data_dir", "manual_dir", "validation_split", "normalize", "block_size", "tokenizer",
              "vocab_size", "mask_rate", "synthetic_examples", "synthetic_features", "synthetic_classes"),
+    "augmentation": ("augment", "crop_padding", "mixup_alpha", "cutmix_alpha", "label_smoothing"),
     "model": ("model", "task", "hidden_sizes", "activation", "dropout", "conv_features", "kernel_size",
               "conv_padding", "dtype", "remat"),
     "optimisation": ("batch_size", "grad_accum_steps", "eval_batch_size", "optimizer", "learning_rate",

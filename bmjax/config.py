@@ -12,6 +12,7 @@ from typing import Any, Optional
 import jax.numpy as jnp
 
 from bmjax import models
+from bmjax.data import augment
 from bmjax.errors import UsageError
 from bmjax.models.mlp import ACTIVATIONS
 
@@ -89,6 +90,14 @@ class Config:
                                   "bfloat16 for mixed precision.", DTYPES)
     remat: bool = field(False, "Recompute activations in the backward pass instead of storing them (less memory, "
                                "about a third more compute).", trains=False)
+
+    # Augmentation, on the device in each train step (bmjax.data.augment).
+    augment: str = field("none", "Image augmentation: none, or a comma-separated list of crop (random crop of the "
+                                 "padded image), flip (horizontal), resized_crop (Inception's), mixup, cutmix.")
+    crop_padding: int = field(4, "Pixels padded on each side before --augment=crop's random crop.")
+    mixup_alpha: float = field(0.2, "Mixup's mixing weight ~ Beta(alpha, alpha).")
+    cutmix_alpha: float = field(1.0, "Cutmix's kept area ~ Beta(alpha, alpha).")
+    label_smoothing: float = field(0.0, "Share of each training label spread evenly over the classes.")
 
     # Optimisation.
     epochs: int = field(10, "Passes over the training split.")
@@ -171,6 +180,12 @@ class Config:
         for name in ("weight_decay", "l1", "l2", "warmup_steps", "momentum", "steps_per_call", "min_learning_rate"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name} must not be negative, got {getattr(self, name)}")
+        augment.parse(self.augment)
+        if self.mixup_alpha <= 0 or self.cutmix_alpha <= 0 or self.crop_padding < 0:
+            raise UsageError(f"--mixup_alpha and --cutmix_alpha must be positive and --crop_padding not negative, got "
+                             f"{self.mixup_alpha}, {self.cutmix_alpha} and {self.crop_padding}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.synthetic_classes < 2:
             raise UsageError(f"--synthetic_classes must be at least 2, got {self.synthetic_classes}")
         if any(w <= 0 for w in self.hidden_sizes + self.conv_features):

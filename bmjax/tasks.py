@@ -13,10 +13,13 @@ from typing import Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from bmjax import losses, metrics
 from bmjax.data import Dataset
 from bmjax.errors import UsageError
+
+TOP_K = 5  # classification with more classes than this also reports top-5 accuracy
 
 
 class Task:
@@ -42,16 +45,22 @@ class Classification(Task):
     def metric_sums(self, outputs, labels, example_losses, weights, mask):
         if labels.ndim == outputs.ndim:  # one-hot or soft labels
             labels = jnp.argmax(labels, axis=-1)
-        return {
+        sums = {
             "loss": jnp.sum(example_losses * mask),
             "count": jnp.sum(mask),
             "confusion": metrics.confusion_matrix(labels, self.predictions(outputs), self.num_classes, mask),
         }
+        if self.num_classes > TOP_K:  # the label among the k highest logits
+            top = lax.top_k(outputs, TOP_K)[1]
+            sums[f"top_{TOP_K}_correct"] = jnp.sum(jnp.any(top == labels[..., None], axis=-1) * mask)
+        return sums
 
     def summarize(self, sums, detailed: bool = False) -> dict:
         confusion = np.asarray(sums["confusion"], np.float64)
         summary = metrics.classification_summary(confusion)
         result = {"loss": float(sums["loss"] / sums["count"]), "accuracy": summary["accuracy"]}
+        if f"top_{TOP_K}_correct" in sums:
+            result[f"top_{TOP_K}_accuracy"] = float(np.float64(sums[f"top_{TOP_K}_correct"]) / np.float64(sums["count"]))
         if detailed:
             result.update({k: v for k, v in summary.items() if k != "accuracy"})
             result["confusion_matrix"] = confusion.astype(np.int64).tolist()

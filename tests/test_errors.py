@@ -21,7 +21,7 @@ def assert_usage_error(out, *fragments):
 
 @pytest.mark.parametrize("flags, fragments", [
     (["--dataset=no_such_set"], ["unknown dataset 'no_such_set'", "digits", "TFDS"]),
-    (["--model=no_such_model"], ["unknown model 'no_such_model'", "cnn, gpt, mlp"]),
+    (["--model=no_such_model"], ["unknown model 'no_such_model'", "cnn, efficientnet_b0", "gpt, mlp, resnet18"]),
     (["--optimizer=lion2"], ["--optimizer=lion2", "adam", "adamw", "sgd"]),
     (["--batch_size=0"], ["--batch_size must be positive, got 0"]),
     (["--epochs=-1"], ["--epochs must be positive, got -1"]),
@@ -146,8 +146,9 @@ def test_help_groups_the_experiments_flags():
     out = run_module("experiments.gpt_shakespeare_char", "--help")
     assert out.returncode == 0, out.stderr
     headings = [line for line in out.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert headings == ["GptShakespeareChar's own:", "run:", "data:", "model:", "optimisation:", "devices:"]
+    assert headings == ["GptShakespeareChar's own:", "run:", "data:", "augmentation:", "model:", "optimisation:",
+                        "devices:"]
     own = out.stdout.split("GptShakespeareChar's own:", 1)[1].split("run:", 1)[0]
     assert "--num_layers (default: 6)" in own and "--preset" in own and "--temperature" in own
-    assert "Registered: bert_classifier, bert_mlm, cnn, gpt, mlp, t5, vit." in out.stdout
+    assert "Registered: alexnet, bert_classifier, bert_mlm, cnn, efficientnet_b0," in out.stdout
     assert "usage: python -m experiments.gpt_shakespeare_char --workdir=DIR" in out.stdout

@@ -86,10 +86,14 @@ def _read_sst2_tfds(data_dir: Optional[str], validation_split: Optional[float]) 
 
 
 def is_text_dataset(dataset_builder) -> bool:
-    """Whether a TFDS dataset's features hold a Text feature (then `read_tfds` reads it)."""
+    """Whether a TFDS dataset's input is text (then `read_tfds` reads it): its supervised input where it names
+    one (CIFAR-10 also holds a Text `id`, beside its image), else any Text feature."""
     import tensorflow_datasets as tfds
 
-    return any(isinstance(f, tfds.features.Text) for f in dataset_builder.info.features.values())
+    features, keys = dataset_builder.info.features, dataset_builder.info.supervised_keys
+    if keys and len(keys) == 2 and isinstance(keys[0], str) and keys[0] in features:
+        return isinstance(features[keys[0]], tfds.features.Text)
+    return any(isinstance(f, tfds.features.Text) for f in features.values())
 
 
 def read_tfds(name: str, *, data_dir: Optional[str], manual_dir: Optional[str],

@@ -17,7 +17,6 @@ from concurrent import futures
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import lax
 

@@ -18,6 +18,10 @@ from bmjax.data.preprocess import to_float
 from bmjax.train.state import TrainState
 
 EVAL_SEED = 0  # tasks that corrupt their input (masked LM) corrupt the same way at every evaluation
+AUGMENT_STREAM = 2  # the step key's fold for augmentation (1 is the task's)
+# A model may return (outputs, auxiliary outputs) in training, as GoogLeNet's auxiliary classifiers: their
+# losses add to the loss with this weight (Szegedy et al. 2014).
+AUXILIARY_LOSS_WEIGHT = 0.3
 
 
 def _float32(outputs):
@@ -32,11 +36,11 @@ def micro_batches(batch, k: int):
 
 
 def make_train_step(task, *, l1: float = 0.0, l2: float = 0.0, axis_name: Optional[str] = None,
-                    grad_accum_steps: int = 1) -> Callable:
+                    grad_accum_steps: int = 1, augment: Optional[Callable] = None) -> Callable:
     """`train_step(state, batch) -> (state, metric sums)` for a batch {'x', 'y'}.
 
     With `grad_accum_steps=k` the batch runs as k micro-batches in a `lax.scan`, their gradients added up
-    before the one update.
+    before the one update. `augment(batch, key, first_row)` transforms each batch first (`bmjax.data.augment`).
     """
 
     def gradients(state: TrainState, model_state, batch, rng):
@@ -47,8 +51,10 @@ def make_train_step(task, *, l1: float = 0.0, l2: float = 0.0, axis_name: Option
             outputs, new_model_state = state.apply_fn(
                 {"params": params, **model_state}, batch["x"], train=True, rngs={"dropout": rng},
                 mutable=list(model_state))
-            outputs = _float32(outputs)
+            outputs, auxiliary = _float32(outputs) if isinstance(outputs, tuple) else (_float32(outputs), ())
             example_losses, weights = task.loss(outputs, batch["y"])
+            for extra in auxiliary:
+                example_losses = example_losses + AUXILIARY_LOSS_WEIGHT * task.loss(extra, batch["y"])[0]
             return jnp.sum(example_losses), (outputs, example_losses, weights, new_model_state)
 
         grads, (outputs, example_losses, weights, new_model_state) = jax.grad(loss_sum, has_aux=True)(state.params)
@@ -56,10 +62,13 @@ def make_train_step(task, *, l1: float = 0.0, l2: float = 0.0, axis_name: Option
         return grads, jnp.sum(weights), new_model_state, sums
 
     def train_step(state: TrainState, batch):
-        rng = jax.random.fold_in(state.rng, state.step)
+        step_rng = rng = jax.random.fold_in(state.rng, state.step)
         if axis_name:  # a different dropout mask on each device
             rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
         batch = {**batch, "x": to_float(batch["x"])}
+        if augment is not None:  # keyed by each image's row in the global batch: alike under every strategy
+            first_row = lax.axis_index(axis_name) * batch["x"].shape[0] if axis_name else 0
+            batch = augment(batch, jax.random.fold_in(step_rng, AUGMENT_STREAM), first_row)
 
         if grad_accum_steps == 1:
             grads, weight, model_state, sums = gradients(state, state.model_state, batch, rng)

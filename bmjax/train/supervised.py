@@ -2,7 +2,7 @@
 optimizer. `build(config, context)` is the default `Config.build_program`."""
 
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -10,7 +10,7 @@ import optax
 from jax.sharding import PartitionSpec
 
 from bmjax import console, data, optim, tasks
-from bmjax.data import preprocess
+from bmjax.data import augment, preprocess
 from bmjax.errors import UsageError
 from bmjax.models import ModelIO
 from bmjax.train import state as state_lib, step as step_lib
@@ -25,11 +25,11 @@ class Supervised(Program):
 
     def __init__(self, model, task, tx: optax.GradientTransformation, example_x, *, schedule: optax.Schedule,
                  count_trainable: Callable = state_lib.parameter_count, l1: float = 0.0, l2: float = 0.0,
-                 axis_name=None, grad_accum_steps: int = 1):
+                 axis_name=None, grad_accum_steps: int = 1, augment: Optional[Callable] = None):
         self.model, self.task, self.tx, self.example_x = model, task, tx, example_x
         self.schedule, self.count_trainable = schedule, count_trainable
         self._train_step = step_lib.make_train_step(task, l1=l1, l2=l2, axis_name=axis_name,
-                                                    grad_accum_steps=grad_accum_steps)
+                                                    grad_accum_steps=grad_accum_steps, augment=augment)
         self._eval_step = step_lib.make_eval_step(task, axis_name=axis_name)
 
     def init(self, rng) -> state_lib.TrainState:
@@ -89,8 +89,24 @@ def build(config, context: Context) -> Plan:
                          schedule=optim.schedule(config, total_steps),
                          count_trainable=lambda params: optim.trainable_count(config, params),
                          l1=config.l1, l2=config.l2, axis_name=context.axis_name,
-                         grad_accum_steps=config.grad_accum_steps)
+                         grad_accum_steps=config.grad_accum_steps, augment=augmentation(config, task, inputs))
     return Plan(program, dataset, io)
+
+
+def augmentation(config, task, inputs) -> Optional[augment.Augment]:
+    """--augment and --label_smoothing as the train step's augmentation, or None when neither is asked for."""
+    names = augment.parse(config.augment)
+    if not names and not config.label_smoothing:
+        return None
+    if type(task) is not tasks.Classification:
+        raise UsageError(f"--augment and --label_smoothing are for classification into classes, not for this "
+                         f"{type(task).__name__.lower()} task; leave them unset")
+    if names and len(getattr(inputs, "shape", ())) not in (2, 3):
+        raise UsageError(f"--augment={config.augment} transforms images, but this dataset's inputs have shape "
+                         f"{getattr(inputs, 'shape', inputs)}; use --augment=none")
+    return augment.Augment(names, num_classes=task.num_classes, crop_padding=config.crop_padding,
+                           mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
+                           label_smoothing=config.label_smoothing)
 
 
 def tokenizer_for(config, workdir: str):
