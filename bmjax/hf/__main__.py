@@ -6,8 +6,11 @@ model's architecture, so that an experiment fine-tunes from it:
     python -m bmjax.hf convert path/to/gpt2 --workdir=runs/gpt2 --experiment=experiments.gpt_shakespeare_char
     python -m experiments.gpt_shakespeare_char --flagfile=runs/gpt2/model_flags.txt --restore_from=runs/gpt2 ...
 
-The architecture comes from config.json's `model_type` (gpt2, bert, t5). `--experiment` names the experiment
-that will fine-tune (a module, or module:ConfigClass): the flag file then holds only the flags it defines.
+The architecture comes from config.json's `model_type` (gpt2, bert, t5, resnet, vit). `--experiment` names the
+experiment that will fine-tune (a module, or module:ConfigClass): the flag file then holds only the flags it
+defines. A ResNet of the zoo's shape (microsoft/resnet-18 .. resnet-152) becomes `--model=resnet18` ..
+`--model=resnet152` of experiments.image_classification, its BatchNorm statistics the run's model state; a
+ViT's flags are those of experiments.vit_mnist.
 """
 
 import dataclasses
@@ -31,15 +34,22 @@ _EXPERIMENT = flags.DEFINE_string("experiment", None, "The experiment that will 
 
 # model_type -> (importer module, importer function)
 ARCHITECTURES = {"gpt2": ("bmjax.hf.gpt2", "import_gpt2"), "bert": ("bmjax.hf.bert", "import_bert"),
-                 "t5": ("bmjax.hf.t5", "import_t5")}
+                 "t5": ("bmjax.hf.t5", "import_t5"), "resnet": ("bmjax.hf.resnet", "import_resnet"),
+                 "vit": ("bmjax.hf.vit", "import_vit")}
+# The importers that return Flax variables ({"params": ..., "batch_stats": ...}) rather than params alone.
+WITH_MODEL_STATE = {"resnet"}
+# model_type -> (module, its function giving the zoo's name (`--model`) of an imported architecture or None,
+# its tuple of the model fields that name stands for).
+ZOO_NAMES = {"resnet": ("bmjax.hf.resnet", "zoo_model", "ZOO_FIELDS")}
 # Model fields that are not architecture: how a run computes, not what the checkpoint holds.
 NOT_ARCHITECTURE = {"parent", "name", "decode", "dtype", "param_dtype", "dropout", "remat", "vocab_size",
                     "num_outputs"}
 FLAGS_FILE = "model_flags.txt"
 
 
-def import_model(source: str) -> tuple[nn.Module, dict]:
-    """(bmjax model, params) for the Hugging Face model folder `source`, by its config.json's model_type."""
+def import_model(source: str) -> tuple[nn.Module, dict, dict]:
+    """(bmjax model, params, model state) for the Hugging Face model folder `source`, by its config.json's
+    model_type. The model state holds the collections other than params (a ResNet's "batch_stats"), or is {}."""
     model_type = load_config(source).get("model_type")
     if model_type not in ARCHITECTURES:
         raise UsageError(f"{source}: config.json's model_type is {model_type!r}; bmjax imports "
@@ -51,29 +61,63 @@ def import_model(source: str) -> tuple[nn.Module, dict]:
         if e.name != module_name:
             raise
         raise UsageError(f"this bmjax has no {model_type} importer ({module_name}); update bmjax") from None
-    return getattr(module, function_name)(source)
+    model, imported = getattr(module, function_name)(source)
+    if model_type not in WITH_MODEL_STATE:
+        return model, imported, {}
+    return model, imported["params"], {k: v for k, v in imported.items() if k != "params"}
 
 
-def model_flags(model: nn.Module, experiment: Optional[str] = None) -> tuple[list[str], list[str]]:
+def zoo_name(model_type: str, model: nn.Module) -> tuple[Optional[str], tuple[str, ...]]:
+    """(the zoo's name for `model`'s architecture, as `--model` takes it, or None; the fields it stands for)."""
+    if model_type not in ZOO_NAMES:
+        return None, ()
+    module_name, function_name, fields_name = ZOO_NAMES[model_type]
+    module = importlib.import_module(module_name)
+    return getattr(module, function_name)(model), tuple(getattr(module, fields_name))
+
+
+def model_flags(model: nn.Module, experiment: Optional[str] = None,
+                zoo: tuple[Optional[str], tuple[str, ...]] = (None, ())) -> tuple[list[str], list[str]]:
     """(flags that build `model`'s architecture, warnings about fields those flags cannot set).
 
     `experiment` (a module, or "module:ConfigClass") limits the flags to the fields its config defines; a field
     it lacks is only worth a warning when the model needs a value other than the model class's default.
+    `zoo`: (the zoo's name for the architecture, or None; the fields that name stands for), as `zoo_name`
+    gives it: a name becomes `--model=NAME` in place of those fields.
     """
     known = None
     if experiment:
         known = {f.name for f in dataclasses.fields(_experiment_config(experiment))}
+    name_of_zoo, zoo_fields = zoo
     defaults = {f.name: f.default for f in dataclasses.fields(model)}
     flag_list, warnings = [], []
+    if name_of_zoo:
+        if known is None or "model" in known:
+            flag_list.append(f"--model={name_of_zoo}")
+        else:
+            warnings.append(f"model={name_of_zoo} ({experiment} has no --model flag)")
+    elif zoo_fields and known is not None and "model" in known:
+        warnings.append(f"this {type(model).__name__} is none of the zoo's named networks, which {experiment}'s "
+                        "--model builds: fine-tune it from Python")
     for name, default in defaults.items():
         value = getattr(model, name)
-        if name in NOT_ARCHITECTURE or value is None:
+        if name in NOT_ARCHITECTURE or value is None or (name_of_zoo and name in zoo_fields):
             continue
         if known is None or name in known:
-            flag_list.append(f"--{name}={str(value).lower() if isinstance(value, bool) else value}")
+            flag_list.append(f"--{name}={_flag_value(value)}")
         elif value != default:
-            warnings.append(f"{name}={value} (bmjax's default is {default}; {experiment} has no flag for it)")
+            warnings.append(f"{name}={_flag_value(value)} (bmjax's default is {_flag_value(default)}; {experiment} "
+                            "has no flag for it)")
     return flag_list, warnings
+
+
+def _flag_value(value) -> str:
+    """A field's value as a flag writes it: booleans lowercase, sequences comma-separated (as bmjax's configs)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(_flag_value(v) for v in value)
+    return str(value)
 
 
 def _experiment_config(experiment: str) -> type:
@@ -105,12 +149,12 @@ def convert(source: str, workdir: str, experiment: Optional[str] = None) -> dict
     checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")
     if os.path.isdir(checkpoints) and os.listdir(checkpoints):
         raise UsageError(f"{checkpoints} already holds checkpoints; convert into a new --workdir")
-    model, params = import_model(source)
+    model, params, model_state = import_model(source)
     model_type = load_config(source)["model_type"]
-    flag_list, warnings = model_flags(model, experiment)
+    flag_list, warnings = model_flags(model, experiment, zoo_name(model_type, model))
     # A run's state as --restore_from reads it; a converted run has no optimizer state yet.
     state = {"step": jnp.zeros((), jnp.int32), "params": jax.tree.map(jnp.asarray, params), "opt_state": {},
-             "model_state": {}, "rng": jax.random.PRNGKey(0)}
+             "model_state": jax.tree.map(jnp.asarray, model_state), "rng": jax.random.PRNGKey(0)}
     checkpointer = Checkpointer(workdir, 1)
     checkpointer.save(0, state)
     checkpointer.close()
