@@ -20,7 +20,7 @@ from bmjax.errors import UsageError, exit_on_usage_error
 # --help's groups of the fields every experiment shares; an experiment's own fields come first.
 GROUPS = {
     "run": ("workdir", "seed", "num_seeds", "train_steps", "epochs", "log_every_steps", "eval_every_steps",
-            "checkpoint_every_steps", "keep_checkpoints", "restore_from", "restore_step", "extend"),
+            "checkpoint_every_steps", "keep_checkpoints", "restore_from", "reinit", "restore_step", "extend"),
     "data": ("dataset", "data_dir", "manual_dir", "validation_split", "normalize", "block_size", "tokenizer",
              "vocab_size", "mask_rate", "synthetic_examples", "synthetic_features", "synthetic_classes"),
     "augmentation": ("augment", "crop_padding", "mixup_alpha", "cutmix_alpha", "label_smoothing"),
@@ -28,7 +28,7 @@ GROUPS = {
               "conv_padding", "dtype", "remat"),
     "optimisation": ("batch_size", "grad_accum_steps", "eval_batch_size", "optimizer", "learning_rate",
                      "lr_schedule", "warmup_steps", "min_learning_rate", "lr_decay_steps", "lr_decay_factor",
-                     "momentum", "nesterov", "b2", "weight_decay", "clip_grad_norm", "l1", "l2", "freeze"),
+                     "momentum", "nesterov", "b2", "weight_decay", "clip_grad_norm", "ema_decay", "l1", "l2", "freeze"),
     "devices": ("parallel", "mesh", "host_devices", "data_placement", "steps_per_call", "coordinator_address",
                 "num_processes", "process_id", "distributed"),
 }

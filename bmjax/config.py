@@ -119,6 +119,8 @@ class Config:
     weight_decay: float = field(0.0, "Decoupled weight decay of the weight matrices (adamw's; added to the "
                                      "update for sgd and adam).")
     clip_grad_norm: Optional[float] = field(None, "Clip gradients to this global norm.")
+    ema_decay: float = field(0.0, "Keep an exponential moving average of the weights with this decay (e.g. 0.999; "
+                                  "0: none): evaluated, saved and restored in place of the weights.")
     l1: float = field(0.0, "L1 regularisation of the weight matrices, added to the loss.")
     l2: float = field(0.0, "L2 regularisation of the weight matrices, added to the loss.")
     freeze: Optional[str] = field(None, "Regular expression over parameter paths (e.g. 'bert/' or "
@@ -148,6 +150,9 @@ class Config:
     keep_checkpoints: int = field(3, "Newest checkpoints to keep.", trains=False)
     restore_from: Optional[str] = field(None, "Workdir of another run whose parameters start this one "
                                               "(fine-tuning).", trains=False)
+    reinit: Optional[str] = field(None, "With --restore_from: a regular expression over array paths (as "
+                                        "--freeze's) that start from their initialisation instead, e.g. head/ for "
+                                        "a new classifier.")
     restore_step: Optional[int] = field(None, "Resume from this checkpoint step instead of the newest (the newer "
                                               "ones move to checkpoints/superseded/).", trains=False)
     extend: bool = field(False, "Train this workdir's run further, to a new --train_steps or --epochs (the "
@@ -184,6 +189,8 @@ class Config:
         if self.mixup_alpha <= 0 or self.cutmix_alpha <= 0 or self.crop_padding < 0:
             raise UsageError(f"--mixup_alpha and --cutmix_alpha must be positive and --crop_padding not negative, got "
                              f"{self.mixup_alpha}, {self.cutmix_alpha} and {self.crop_padding}")
+        if not 0 <= self.ema_decay < 1:
+            raise UsageError(f"--ema_decay must lie in [0, 1), got {self.ema_decay}; 0 keeps no average")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"--label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.synthetic_classes < 2:
@@ -193,12 +200,13 @@ class Config:
         if self.batch_size % self.grad_accum_steps:
             raise UsageError(f"--batch_size={self.batch_size} does not split into --grad_accum_steps="
                              f"{self.grad_accum_steps} micro-batches; use a multiple of {self.grad_accum_steps}")
-        if self.freeze is not None:
-            try:
-                re.compile(self.freeze)
-            except re.error as e:
-                raise UsageError(f"--freeze={self.freeze!r} is not a regular expression ({e}); e.g. --freeze=bert/") \
-                    from None
+        for name in ("freeze", "reinit"):
+            if getattr(self, name) is not None:
+                try:
+                    re.compile(getattr(self, name))
+                except re.error as e:
+                    raise UsageError(f"--{name}={getattr(self, name)!r} is not a regular expression ({e}); e.g. "
+                                     f"--{name}=head/") from None
         multihost = (self.coordinator_address, self.num_processes, self.process_id)
         if any(v is not None for v in multihost) and any(v is None for v in multihost):
             raise UsageError("a multi-host run needs all of --coordinator_address, --num_processes and "

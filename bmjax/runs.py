@@ -68,7 +68,10 @@ def restore(workdir: str, *, step: Optional[int] = None, seed: Optional[int] = N
         raise UsageError(f"the run in {workdir} ({record.get('program')}) records no model to rebuild")
     io = ModelIO.from_json(record["model_io"])
     model = config.build_model(io)
-    saved, saved_step = read_saved(workdir, ("params", "model_state"), step=step, flag="workdir")
+    saved, saved_step = read_saved(workdir, ("params", "model_state", "ema_params"), step=step, flag="workdir")
+    averaged = saved.pop("ema_params", None)
+    if averaged is not None:  # the moving average of the weights is what the run evaluated
+        saved["params"] = averaged
 
     seeds = record.get("seeds") or [config.seed]
     chosen = seeds[0] if seed is None else seed

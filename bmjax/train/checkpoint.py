@@ -156,14 +156,17 @@ def read_saved(run_dir: str, keys: Optional[tuple[str, ...]] = None, *, step: Op
     return restored, step
 
 
-def load_params(run_dir: str, params, model_state, seeds: Optional[int] = None):
+def load_params(run_dir: str, params, model_state, seeds: Optional[int] = None, reinit: Optional[str] = None):
     """Parameters (and model state) of another run's newest checkpoint, for fine-tuning.
 
     Every parameter the other run has must have the shape it has here; parameters only this model has keep their
-    initial values. With `seeds`, each of this run's seeds starts from the other run's parameters.
+    initial values, as do those whose path (e.g. 'head/kernel', 'batch_stats/norm/mean') the regular expression
+    `reinit` finds. With `seeds`, each of this run's seeds starts from the other run's parameters.
     """
     saved, step = read_saved(run_dir, ("params", "model_state"))
     where = f"--restore_from={run_dir} (step {step})"
+    if reinit:
+        saved = _without(saved, re.compile(reinit))
     ours, theirs = _shapes({"params": params, "model_state": model_state}), _shapes(saved)
     shared = [path for path in ours if path in theirs]
     if not shared:
@@ -199,8 +202,10 @@ def _merge(theirs, ours, where: str, prefix: str, seeds: Optional[int] = None):
         if seeds and np.shape(ours) == (seeds,) + shape:
             theirs = np.broadcast_to(np.asarray(theirs), np.shape(ours))
         elif shape != np.shape(ours):
+            layer = prefix.split("/", 1)[1].rsplit("/", 1)[0] + "/"
             raise UsageError(f"{where} does not fit this model: {prefix} is {shape} there and "
-                             f"{np.shape(ours)} here; fine-tune a model whose shared layers have the same shapes")
+                             f"{np.shape(ours)} here; start that layer afresh with --reinit={layer} (a new "
+                             "classifier, say), or fine-tune a model whose shared layers have the same shapes")
         return np.asarray(theirs, dtype=np.asarray(ours).dtype) if hasattr(ours, "dtype") else theirs
     return {k: _merge(theirs[k], v, where, f"{prefix}/{k}", seeds) if k in theirs else v for k, v in ours.items()}
 
@@ -221,6 +226,17 @@ def _quiet_straggling_reads() -> None:
 def _flat(tree) -> dict:
     return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _without(saved: dict, pattern: re.Pattern) -> dict:
+    """`saved` ({"params": ..., "model_state": ...}) less the arrays whose path within it `pattern` finds."""
+    def keep(tree, path):
+        if not isinstance(tree, dict):
+            return tree
+        kept = {k: keep(v, f"{path}{k}/" if isinstance(v, dict) else f"{path}{k}") for k, v in tree.items()}
+        return {k: v for k, v in kept.items() if not (isinstance(tree[k], dict) and not v)
+                and (isinstance(tree[k], dict) or not pattern.search(f"{path}{k}"))}
+    return {collection: keep(tree, "") for collection, tree in saved.items()}
 
 
 def _shapes(tree) -> dict:

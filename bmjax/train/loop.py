@@ -93,7 +93,7 @@ def run(config: Config, command: str = "bmjax") -> dict:
         if checkpoints.latest_step() is not None:  # restored straight into this run's shardings
             state = place(checkpoints.restore(canonical(state)))
         elif config.restore_from:
-            state = place(_fine_tune_start(canonical(state), config.restore_from, len(seeds)))
+            state = place(_fine_tune_start(canonical(state), config.restore_from, len(seeds), config.reinit))
     except BaseException:
         checkpoints.close()  # orbax's reads in flight finish before the process ends
         raise
@@ -189,15 +189,18 @@ def _train_segment(program, feed, schedule: Schedule, state, first: int, end: in
     return state
 
 
-def _fine_tune_start(state, run_dir: str, num_seeds: int):
+def _fine_tune_start(state, run_dir: str, num_seeds: int, reinit=None):
     """`state` with the parameters (and model state) of another run's newest checkpoint."""
     tree = serialization.to_state_dict(state)
     if not set(FINE_TUNED) <= set(tree):
         raise UsageError(f"--restore_from starts a run from another's {' and '.join(FINE_TUNED)}, and this program's "
                          "state has none; leave --restore_from out")
     params, model_state, _ = load_params(run_dir, tree["params"], tree["model_state"],
-                                         seeds=num_seeds if num_seeds > 1 else None)
-    return serialization.from_state_dict(state, {**tree, "params": params, "model_state": model_state})
+                                         seeds=num_seeds if num_seeds > 1 else None, reinit=reinit)
+    started = {**tree, "params": params, "model_state": model_state}
+    if tree.get("ema_params") is not None:  # the average starts at the parameters it starts from
+        started["ema_params"] = jax.tree.map(np.copy, params)
+    return serialization.from_state_dict(state, started)
 
 
 def _step_of(state):

@@ -18,22 +18,37 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array  # raw uint32 key; each step folds in its step number
     apply_fn: Callable = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    ema_params: Any = None  # an exponential moving average of `params`, when ema_decay is set
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
     def apply_gradients(self, grads, model_state) -> "TrainState":
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-        return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
-                            opt_state=opt_state, model_state=model_state)
+        params = optax.apply_updates(self.params, updates)
+        ema_params = self.ema_params
+        if self.ema_decay:  # TensorFlow's ExponentialMovingAverage: a smaller decay over the first steps
+            decay = jnp.minimum(self.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+            ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - decay)
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state, model_state=model_state,
+                            ema_params=ema_params)
+
+    @property
+    def eval_params(self):
+        """The parameters evaluated and restored: the moving average where there is one."""
+        return self.params if self.ema_params is None else self.ema_params
 
 
-def create(model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Array, rng: jax.Array) -> TrainState:
-    """Initialises parameters from the key `rng` (a run's is PRNGKey(--seed)) on an example input batch."""
+def create(model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Array, rng: jax.Array,
+           ema_decay: float = 0.0) -> TrainState:
+    """Initialises parameters from the key `rng` (a run's is PRNGKey(--seed)) on an example input batch; with
+    `ema_decay`, also their moving average (starting at the initial parameters)."""
     init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
     # Unboxed: models that name their parameters' logical axes return them in nn.Partitioned boxes.
     init = jax.jit(lambda rngs, x: model.init(rngs, x, train=False))  # compiled: far faster for deep models
     variables = nn.meta.unbox(init({"params": init_rng, "dropout": dropout_rng}, example_x))
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      model_state=dict(variables), rng=state_rng, apply_fn=model.apply, tx=tx)
+                      model_state=dict(variables), rng=state_rng, apply_fn=model.apply, tx=tx,
+                      ema_params=jax.tree.map(jnp.copy, params) if ema_decay else None, ema_decay=ema_decay)
 
 
 def parameter_count(params) -> int:

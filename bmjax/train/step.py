@@ -103,7 +103,8 @@ def make_eval_step(task, *, axis_name: Optional[str] = None) -> Callable:
 
     def eval_step(state: TrainState, batch):
         batch = task.prepare({**batch, "x": to_float(batch["x"])}, jax.random.PRNGKey(EVAL_SEED))
-        outputs = _float32(state.apply_fn({"params": state.params, **state.model_state}, batch["x"], train=False))
+        outputs = _float32(state.apply_fn({"params": state.eval_params, **state.model_state}, batch["x"],
+                                          train=False))
         example_losses, weights = task.loss(outputs, batch["y"])
         sums = task.metric_sums(outputs, batch["y"], example_losses, weights, batch["mask"].astype(jnp.float32))
         return lax.psum(sums, axis_name) if axis_name else sums

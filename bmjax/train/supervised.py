@@ -25,8 +25,10 @@ class Supervised(Program):
 
     def __init__(self, model, task, tx: optax.GradientTransformation, example_x, *, schedule: optax.Schedule,
                  count_trainable: Callable = state_lib.parameter_count, l1: float = 0.0, l2: float = 0.0,
-                 axis_name=None, grad_accum_steps: int = 1, augment: Optional[Callable] = None):
+                 axis_name=None, grad_accum_steps: int = 1, augment: Optional[Callable] = None,
+                 ema_decay: float = 0.0):
         self.model, self.task, self.tx, self.example_x = model, task, tx, example_x
+        self.ema_decay = ema_decay
         self.schedule, self.count_trainable = schedule, count_trainable
         self._train_step = step_lib.make_train_step(task, l1=l1, l2=l2, axis_name=axis_name,
                                                     grad_accum_steps=grad_accum_steps, augment=augment)
@@ -34,7 +36,7 @@ class Supervised(Program):
 
     def init(self, rng) -> state_lib.TrainState:
         try:
-            return state_lib.create(self.model, self.tx, self.example_x, rng)
+            return state_lib.create(self.model, self.tx, self.example_x, rng, self.ema_decay)
         except UsageError:
             raise
         except Exception as e:  # a model that cannot take the dataset's inputs fails in many ways
@@ -48,7 +50,8 @@ class Supervised(Program):
         named = state_lib.logical_axes(self.model, self.tx, self.example_x)
         replicated = lambda tree: jax.tree.map(lambda _: PartitionSpec(), tree)
         return state.replace(step=PartitionSpec(), rng=PartitionSpec(), model_state=replicated(state.model_state),
-                             params=named["params"], opt_state=named["opt_state"])
+                             params=named["params"], opt_state=named["opt_state"],
+                             ema_params=None if state.ema_params is None else named["params"])
 
     def train_step(self, state, batch):
         return self._train_step(state, batch)
@@ -89,7 +92,8 @@ def build(config, context: Context) -> Plan:
                          schedule=optim.schedule(config, total_steps),
                          count_trainable=lambda params: optim.trainable_count(config, params),
                          l1=config.l1, l2=config.l2, axis_name=context.axis_name,
-                         grad_accum_steps=config.grad_accum_steps, augment=augmentation(config, task, inputs))
+                         grad_accum_steps=config.grad_accum_steps, augment=augmentation(config, task, inputs),
+                         ema_decay=config.ema_decay)
     return Plan(program, dataset, io)
 
 
