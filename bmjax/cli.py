@@ -20,7 +20,8 @@ from bmjax.errors import UsageError, exit_on_usage_error
 # --help's groups of the fields every experiment shares; an experiment's own fields come first.
 GROUPS = {
     "run": ("workdir", "seed", "num_seeds", "train_steps", "epochs", "log_every_steps", "eval_every_steps",
-            "checkpoint_every_steps", "keep_checkpoints", "restore_from", "reinit", "restore_step", "extend"),
+            "checkpoint_every_steps", "keep_checkpoints", "restore_from", "reinit", "restore_step", "extend",
+            "early_stopping_patience", "early_stopping_metric", "early_stopping_min_delta"),
     "data": ("dataset", "data_dir", "manual_dir", "validation_split", "normalize", "block_size", "tokenizer",
              "vocab_size", "mask_rate", "synthetic_examples", "synthetic_features", "synthetic_classes"),
     "augmentation": ("augment", "crop_padding", "mixup_alpha", "cutmix_alpha", "label_smoothing"),

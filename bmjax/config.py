@@ -150,6 +150,13 @@ class Config:
     keep_checkpoints: int = field(3, "Newest checkpoints to keep.", trains=False)
     restore_from: Optional[str] = field(None, "Workdir of another run whose parameters start this one "
                                               "(fine-tuning).", trains=False)
+    early_stopping_patience: Optional[int] = field(None, "Stop training once the validation "
+                                                         "--early_stopping_metric has not improved for this many "
+                                                         "evaluations (unset: never).")
+    early_stopping_metric: str = field("loss", "The validation metric early stopping watches: loss, mse, mae "
+                                               "(lower is better) or any other the task reports, e.g. accuracy, "
+                                               "macro_f1 (higher is better).")
+    early_stopping_min_delta: float = field(0.0, "The least change that counts as an improvement.")
     reinit: Optional[str] = field(None, "With --restore_from: a regular expression over array paths (as "
                                         "--freeze's) that start from their initialisation instead, e.g. head/ for "
                                         "a new classifier.")
@@ -170,7 +177,7 @@ class Config:
                     "keep_checkpoints", "synthetic_examples", "synthetic_features", "kernel_size",
                     "grad_accum_steps", "vocab_size", "num_seeds"]
         positive_if_set = ["train_steps", "eval_every_steps", "checkpoint_every_steps", "clip_grad_norm",
-                           "host_devices", "num_processes", "block_size"]
+                           "host_devices", "num_processes", "block_size", "early_stopping_patience"]
         for name in positive + [n for n in positive_if_set if getattr(self, n) is not None]:
             value = getattr(self, name)
             if not value > 0:
@@ -189,6 +196,8 @@ class Config:
         if self.mixup_alpha <= 0 or self.cutmix_alpha <= 0 or self.crop_padding < 0:
             raise UsageError(f"--mixup_alpha and --cutmix_alpha must be positive and --crop_padding not negative, got "
                              f"{self.mixup_alpha}, {self.cutmix_alpha} and {self.crop_padding}")
+        if self.early_stopping_min_delta < 0:
+            raise UsageError(f"--early_stopping_min_delta must not be negative, got {self.early_stopping_min_delta}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema_decay must lie in [0, 1), got {self.ema_decay}; 0 keeps no average")
         if not 0 <= self.label_smoothing < 1:

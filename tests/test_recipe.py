@@ -65,3 +65,59 @@ def test_reinit_starts_the_named_layers_afresh(tmp_path):
 def test_bad_recipe_flags(tmp_path, flags, message):
     assert_usage_error(run_module("experiments.mnist_mlp", f"--workdir={tmp_path}", "--dataset=digits", *flags),
                        message)
+
+
+EARLY = ["--dataset=digits", "--hidden_sizes=32", "--epochs=60", "--validation_split=0.2", "--eval_every_steps=10",
+         "--log_every_steps=10", "--early_stopping_patience=3", "--early_stopping_min_delta=0.01",
+         "--checkpoint_every_steps=20"]
+
+
+def expected_stop(records, patience: int, min_delta: float):
+    """The step at which `patience` validation losses in a row have not improved on the best by min_delta."""
+    best, stale = None, 0
+    for record in records:
+        if best is None or best - record["loss"] > min_delta:
+            best, stale = record["loss"], 0
+        else:
+            stale += 1
+            if stale == patience:
+                return record["step"]
+    return None
+
+
+def test_early_stopping_stops_where_the_metric_stalls_and_resumes_alike(tmp_path):
+    from conftest import kill_after_saving, read_metrics, read_result, saved_state
+    import random
+    import signal
+    import sys
+
+    out = run_module("experiments.mnist_mlp", f"--workdir={tmp_path / 'whole'}", *EARLY)
+    assert out.returncode == 0, out.stderr
+    result = read_result(tmp_path / "whole")
+    validation = read_metrics(tmp_path / "whole", "validation")
+    stop = expected_stop(validation, 3, 0.01)
+    total = 60 * 1149 // 64  # 60 epochs of digits' 1149 training examples (80%), batches of 64
+    assert stop is not None and stop < total
+    assert result["stopped_early"]["step"] == stop == result["steps"] == validation[-1]["step"]
+    assert "stopped early at step" in out.stdout + out.stderr
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={killed}", *EARLY]
+    assert kill_after_saving(command, killed, 20, random.Random(2)) == -signal.SIGKILL
+    out = run_module("experiments.mnist_mlp", f"--workdir={killed}", *EARLY)
+    assert out.returncode == 0, out.stderr
+    assert read_result(killed)["stopped_early"] == result["stopped_early"]
+    expected, got = saved_state(tmp_path / "whole"), saved_state(killed)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    again = run_module("experiments.mnist_mlp", f"--workdir={killed}", *EARLY)
+    assert again.returncode == 0 and f"stopped early at step {stop}; its result:" in again.stdout
+
+
+def test_early_stopping_needs_a_validation_split_and_a_known_metric(tmp_path):
+    with pytest.raises(bmjax.UsageError, match="--early_stopping_patience watches the validation split, and this "
+                                               "run has none; set --validation_split"):
+        bmjax.run(Config(workdir=str(tmp_path / "a"), early_stopping_patience=2, **DIGITS))
+    out = run_module("experiments.mnist_mlp", f"--workdir={tmp_path / 'b'}", "--dataset=digits", "--epochs=2",
+                     "--validation_split=0.1", "--early_stopping_patience=2", "--early_stopping_metric=acc")
+    assert_usage_error(out, "--early_stopping_metric=acc is not among the validation metrics (loss, accuracy")

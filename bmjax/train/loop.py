@@ -22,6 +22,7 @@ from bmjax.config import Config
 from bmjax.errors import UsageError
 from bmjax.train import feeds, runlog, strategy as strategy_lib, workdir as workdir_lib
 from bmjax.train.checkpoint import Checkpointer, load_params
+from bmjax.train.early_stopping import EarlyStopping
 from bmjax.train.interrupts import Interrupted, Interrupts
 from bmjax.train.program import Context, ManySeeds, seed_keys
 
@@ -98,17 +99,28 @@ def run(config: Config, command: str = "bmjax") -> dict:
         checkpoints.close()  # orbax's reads in flight finish before the process ends
         raise
     start_step = int(np.max(strategy.fetch(_step_of(state))))
-    if 0 < start_step < schedule.total_steps:
+
+    early = None
+    if config.early_stopping_patience:
+        if "validation" not in feed.splits:
+            raise UsageError("--early_stopping_patience watches the validation split, and this run has none; set "
+                             "--validation_split (e.g. 0.1)")
+        early = EarlyStopping(config.early_stopping_metric, config.early_stopping_patience,
+                              config.early_stopping_min_delta).replay(os.path.join(workdir, runlog.METRICS_FILE),
+                                                                      start_step)
+    result_path = os.path.join(workdir, "result.json")
+    finished = start_step >= schedule.total_steps or (early is not None and early.stopped)
+    if 0 < start_step and not finished:
         console.say(f"resuming from step {start_step} of {schedule.total_steps} (checkpoint in "
                     f"{checkpoints.directory})")
-
-    result_path = os.path.join(workdir, "result.json")
-    if start_step >= schedule.total_steps and os.path.exists(result_path):
+    if finished and os.path.exists(result_path):
         checkpoints.close()
         with open(result_path) as f:
             result = json.load(f)
         if primary:
-            print(f"{workdir} has finished {start_step} steps; its result:")
+            how = f"stopped early at step {start_step}" if result.get("stopped_early") else \
+                f"has finished {start_step} steps"
+            print(f"{workdir} {how}; its result:")
             runlog.print_result(result)
         return result
     if primary:
@@ -118,20 +130,28 @@ def run(config: Config, command: str = "bmjax") -> dict:
 
     log = runlog.RunLog(workdir, schedule.total_steps, start_step, enabled=primary,
                         steps_per_epoch=schedule.steps_per_epoch)
-    console.say(f"training steps {start_step + 1}-{schedule.total_steps}; the first call compiles the step")
+    if not finished:
+        console.say(f"training steps {start_step + 1}-{schedule.total_steps}; the first call compiles the step")
     try:
-        state, times = _train(program, feed, schedule, state, start_step, log, checkpoints, canonical, seeds)
+        state, times = _train(program, feed, schedule, state, start_step, log, checkpoints, canonical, seeds, early)
+        last_step = int(np.max(strategy.fetch(_step_of(state))))
         result = {"experiment": command, "program": type(plan.program).__name__, "strategy": strategy.name,
-                  "devices": strategy.num_shards, "processes": jax.process_count(), "steps": schedule.total_steps,
+                  "devices": strategy.num_shards, "processes": jax.process_count(), "steps": last_step,
                   **program.describe(canonical(state)), "flops_per_step": flops_per_step}
+        if early is not None and early.stopped:
+            result["stopped_early"] = early.describe(last_step)
+            console.say(f"stopped early at step {last_step}: validation {early.metric} was best at step "
+                        f"{early.best_step} ({early.best:.4g}) and has not improved in {early.patience} evaluations")
         if plan.model_io is not None:
             result["model"] = config.model
         if plan.dataset is not None:
-            result.update(dataset=config.dataset, epochs=schedule.total_steps / schedule.steps_per_epoch)
+            result.update(dataset=config.dataset, epochs=last_step / schedule.steps_per_epoch)
+        logged = early is not None and early.stopped  # its validation at the stop is in the log already
         for split in feed.splits:
             result[split] = program.summarize(feed.evaluate(state, split), detailed=True)
-            log.write(schedule.total_steps, split, result[split], echo=False)  # printed with the report below
-        trained, train_seconds = schedule.total_steps - start_step, sum(times.values())
+            if not (logged and split == "validation"):
+                log.write(last_step, split, result[split], echo=False)  # printed with the report below
+        trained, train_seconds = last_step - start_step, sum(times.values())
         result.update(seconds=time.time() - began, train_seconds=train_seconds,
                       steps_per_second=trained / max(train_seconds, 1e-9),
                       flops_per_second=flops_per_step * trained / max(train_seconds, 1e-9),
@@ -154,17 +174,24 @@ def run(config: Config, command: str = "bmjax") -> dict:
     return result
 
 
-def _train(program, feed, schedule: Schedule, state, start_step: int, log, checkpoints, canonical, seeds):
+def _train(program, feed, schedule: Schedule, state, start_step: int, log, checkpoints, canonical, seeds,
+           early: Optional[EarlyStopping] = None):
     """The one loop: each segment's steps, then whatever falls due at its end (a log, an evaluation of every split
-    but the test split, a checkpoint; a stop asked for by a signal). Returns the state and the seconds spent per
-    epoch (or in all, as epoch 0)."""
+    but the test split, a checkpoint; a stop asked for by a signal, or by `early` stopping). Returns the state and
+    the seconds spent per epoch (or in all, as epoch 0)."""
     seconds = {}
+    if early is not None and early.stopped:  # a resumed run that had stopped early
+        return state, seconds
     with Interrupts() as interrupts:
         for first, end in schedule.segments(start_step):
-            state = _train_segment(program, feed, schedule, state, first, end, log, checkpoints, seeds, seconds)
+            state, validation = _train_segment(program, feed, schedule, state, first, end, log, checkpoints, seeds,
+                                               seconds)
             stop = interrupts.requested()
-            if end % schedule.checkpoint_every == 0 or end == schedule.total_steps or stop:
+            done = early is not None and validation is not None and early.observe(end, validation)
+            if end % schedule.checkpoint_every == 0 or end == schedule.total_steps or stop or done:
                 checkpoints.save(end, canonical(state))
+            if done:
+                break
             if stop:  # run() closes the checkpoints, waiting for this one to be written
                 raise Interrupted(stop, f"stopped by {signal.Signals(stop).name} at step {end}; its checkpoint is "
                                         f"in {checkpoints.directory}: rerun the same command to resume")
@@ -173,20 +200,23 @@ def _train(program, feed, schedule: Schedule, state, start_step: int, log, check
 
 def _train_segment(program, feed, schedule: Schedule, state, first: int, end: int, log, checkpoints, seeds,
                    seconds: dict):
-    """Steps `first`..`end`, then their log and any evaluation that falls due; adds the time to `seconds`."""
+    """Steps `first`..`end`, then their log and any evaluation that falls due; adds the time to `seconds`.
+    Returns the state and the validation summary, if the validation split was evaluated."""
     tick = time.time()
     state, sums = feed.train(state, first, end - first)
     took = time.time() - tick
     _check_finite(sums, first, seeds, checkpoints)
     log.write(end, "train", program.summarize(_total(sums)), steps_per_second=(end - first) / took,
               **program.learning_rates(end))
+    summaries = {}
     if end % schedule.eval_every == 0 and end < schedule.total_steps:
         for split in feed.splits:
             if split != "test":  # the test split is evaluated once, at the end
-                log.write(end, split, program.summarize(feed.evaluate(state, split)))
+                summaries[split] = program.summarize(feed.evaluate(state, split))
+                log.write(end, split, summaries[split])
     epoch = first // schedule.steps_per_epoch if schedule.steps_per_epoch else 0
     seconds[epoch] = seconds.get(epoch, 0.0) + time.time() - tick  # an epoch's validation counts, as in Keras
-    return state
+    return state, summaries.get("validation")
 
 
 def _fine_tune_start(state, run_dir: str, num_seeds: int, reinit=None):
