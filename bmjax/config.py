@@ -69,6 +69,9 @@ class Config:
     vocab_size: int = field(8000, "Vocabulary size of a trained subword tokenizer.")
     mask_rate: float = field(0.15, "Share of the tokens masked-LM pretraining corrupts (80% [MASK], 10% random, "
                                    "10% kept).")
+    image_size: int = field(224, "Side of the square that images of varying size (ImageNet, imagenette) are "
+                                 "resized and centre-cropped to, on the host.")
+    data_workers: int = field(0, "Processes decoding images of varying size (0: one per CPU core).", trains=False)
     data_placement: str = field("auto", "Keep the dataset in device memory and run many steps per call "
                                         "(device), read batches from the host (host), or device when it fits "
                                         "and there is one process (auto).", ("auto", "device", "host"), trains=False)
@@ -175,7 +178,7 @@ class Config:
                 raise UsageError(f"--{f.name}={getattr(self, f.name)} is not one of: {', '.join(choices)}")
         positive = ["epochs", "batch_size", "eval_batch_size", "learning_rate", "log_every_steps",
                     "keep_checkpoints", "synthetic_examples", "synthetic_features", "kernel_size",
-                    "grad_accum_steps", "vocab_size", "num_seeds"]
+                    "grad_accum_steps", "vocab_size", "num_seeds", "image_size"]
         positive_if_set = ["train_steps", "eval_every_steps", "checkpoint_every_steps", "clip_grad_norm",
                            "host_devices", "num_processes", "block_size", "early_stopping_patience"]
         for name in positive + [n for n in positive_if_set if getattr(self, n) is not None]:
@@ -196,6 +199,8 @@ class Config:
         if self.mixup_alpha <= 0 or self.cutmix_alpha <= 0 or self.crop_padding < 0:
             raise UsageError(f"--mixup_alpha and --cutmix_alpha must be positive and --crop_padding not negative, got "
                              f"{self.mixup_alpha}, {self.cutmix_alpha} and {self.crop_padding}")
+        if self.data_workers < 0:
+            raise UsageError(f"--data_workers must not be negative, got {self.data_workers}; 0 takes one per core")
         if self.early_stopping_min_delta < 0:
             raise UsageError(f"--early_stopping_min_delta must not be negative, got {self.early_stopping_min_delta}")
         if not 0 <= self.ema_decay < 1:

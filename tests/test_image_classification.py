@@ -92,3 +92,23 @@ def test_bad_flags_get_one_line(tmp_path, flags, message):
 def test_augmenting_what_is_not_an_image_is_refused(tmp_path):
     out = run_module("experiments.tabular_multiclass", f"--workdir={tmp_path}", "--augment=crop")
     assert_usage_error(out, "--augment=crop transforms images, but this dataset's inputs have shape (13,)")
+
+
+def test_imagenet_decodes_and_resizes_on_the_host(tmp_path, monkeypatch):
+    """Images of varying size (TFDS's mock ImageNet: random JPEGs of random sizes) are decoded in worker
+    processes, resized and centre-cropped to --image_size, read alike twice, and train through the host feed."""
+    from bmjax import data
+
+    monkeypatch.setattr(tfds_source, "_any_host_reachable", lambda urls: True)
+    config = ImageClassification(workdir=str(tmp_path / "run"), data_dir=str(tmp_path / "tfds"),
+                                 dataset="imagenet2012", model="resnet20", image_size=32, data_workers=2,
+                                 train_steps=2, batch_size=8, eval_batch_size=16, log_every_steps=1, warmup_steps=1,
+                                 validation_split=None, parallel="single")
+    with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+        dataset = data.load(data.DataSpec.of(config))
+        first, again = dataset.train[np.arange(5)], dataset.train[np.arange(5)]
+        result = bmjax.run(config)
+    assert dataset.info.feature_shape == (32, 32, 3) and dataset.info.num_classes == 1000
+    assert first["x"].shape == (5, 32, 32, 3) and first["x"].dtype == np.uint8 and first["x"].std() > 0
+    np.testing.assert_array_equal(first["x"], again["x"])
+    assert np.isfinite(result["test"]["loss"]) and result["test"]["top_5_accuracy"] >= result["test"]["accuracy"]

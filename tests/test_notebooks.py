@@ -94,3 +94,37 @@ def test_the_install_cell_installs_from_where_bmjax_source_says(tmp_path, monkey
     assert commands[-1][-4:] == ["install", "-q", "-e", f"{folder}[cuda12]"], "JAX's GPU build on a GPU runtime"
     assert sys.path[0] == folder
     sys.path.remove(folder)
+
+
+def test_vision_notebook_executes(tmp_path, monkeypatch):
+    """The vision notebook on the digits: a ResNet-20 trained, its augmented samples, curves and confusion matrix,
+    then a random (but zoo-shaped) Hugging Face ResNet-18 converted and fine-tuned from a local folder."""
+    pytest.importorskip("torch", reason="the notebook's Hugging Face ResNet is made with torch: pip install torch")
+    transformers = pytest.importorskip("transformers", reason="needs transformers (pip install transformers)")
+    hf_folder = tmp_path / "hf_resnet18"
+    config = transformers.ResNetConfig(depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], embedding_size=64,
+                                       layer_type="basic", num_labels=10)
+    transformers.ResNetForImageClassification(config).save_pretrained(hf_folder)
+    monkeypatch.setenv("BMJAX_VISION_DATASET", "digits")
+    monkeypatch.setenv("BMJAX_VISION_STEPS", "20")
+    monkeypatch.setenv("BMJAX_VISION_FINETUNE_STEPS", "10")
+    monkeypatch.setenv("BMJAX_VISION_WORKDIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("BMJAX_VISION_HF_RESNET", str(hf_folder))
+    notebook = nbformat.read(ROOT / "colab" / "vision.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+
+    outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                      for o in cell.get("outputs", []))
+    with open(tmp_path / "runs" / "resnet20" / "result.json") as f:
+        result = json.load(f)
+    assert result["steps"] == 20 and 0 <= result["test"]["accuracy"] <= 1
+    assert f"test accuracy {result['test']['accuracy']:.4f} after 20 steps" in outputs
+    assert "--model=resnet18" in outputs, "a zoo-shaped Hugging Face ResNet-18 converts to the zoo's resnet18"
+    restored = outputs.split("restored ", 1)[1].split("\n", 1)[0]
+    assert restored.startswith("99 of 102 arrays"), restored
+    assert "params/stem_conv/kernel" in restored and "params/head/kernel" in restored, "--reinit started them afresh"
+    accuracy = float(outputs.split("fine-tuned resnet18 test accuracy ", 1)[1].split()[0])
+    with open(tmp_path / "runs" / "finetune" / "result.json") as f:
+        assert json.load(f)["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 3, "the augmented samples, the curves and the confusion matrix"

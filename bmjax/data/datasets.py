@@ -30,6 +30,8 @@ class DataSpec:
     task: str = "auto"  # the form of a text set: language_model, masked_lm, seq2seq or classification
     tokenizer: Optional[str] = None  # char, sentencepiece, or a saved tokenizer's path
     vocab_size: int = 8000  # pieces of a trained subword tokenizer
+    image_size: int = 224  # the side images of varying size (ImageNet) are resized and cropped to
+    data_workers: Optional[int] = None  # processes decoding those images (None: one per CPU core)
 
     @classmethod
     def of(cls, config, **overrides) -> "DataSpec":
@@ -38,7 +40,8 @@ class DataSpec:
                    validation_split=config.validation_split, normalize=config.normalize,
                    synthetic_examples=config.synthetic_examples, synthetic_features=config.synthetic_features,
                    synthetic_classes=config.synthetic_classes, block_size=config.block_size, task=config.task,
-                   tokenizer=config.tokenizer, vocab_size=config.vocab_size).replace(**overrides)
+                   tokenizer=config.tokenizer, vocab_size=config.vocab_size, image_size=config.image_size,
+                   data_workers=config.data_workers or None).replace(**overrides)
 
     def replace(self, **changes) -> "DataSpec":
         return dataclasses.replace(self, **changes)
@@ -81,7 +84,8 @@ def load(spec: Union[DataSpec, str], **options) -> Dataset:
                                        synthetic_classes=spec.synthetic_classes)
     else:
         info, train, test = tfds_source.load(name, data_dir=data_dir, manual_dir=manual_dir,
-                                             in_memory=spec.in_memory)
+                                             in_memory=spec.in_memory, image_size=spec.image_size,
+                                             workers=spec.data_workers)
 
     validation = None
     if validation_split is not None:

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from bmjax import console
-from bmjax.data import array_cache
+from bmjax.data import array_cache, images
 from bmjax.data.sources import ArraySource, DatasetInfo, Source
 from bmjax.errors import UsageError
 
@@ -151,10 +151,12 @@ def _any_host_reachable(urls: list[str]) -> bool:
     return False
 
 
-def load(name: str, *, data_dir: Optional[str], manual_dir: Optional[str], in_memory: bool):
-    """(info, train, test) sources of a TFDS dataset with (input, label) supervised keys."""
+def load(name: str, *, data_dir: Optional[str], manual_dir: Optional[str], in_memory: bool, image_size: int = 224,
+         workers: Optional[int] = None):
+    """(info, train, test) sources of a TFDS dataset with (input, label) supervised keys. Images of varying size
+    are decoded and resized to `image_size` x `image_size` when read, by `workers` processes (bmjax.data.images)."""
     dataset_builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
-    info, x_key, y_key = _describe(name, dataset_builder)
+    info, x_key, y_key = _describe(name, dataset_builder, image_size)
     splits = set(dataset_builder.info.splits) or {"train", "test"}  # empty under tfds.testing.mock_data
     test_split = next((s for s in ("test", "validation") if s in splits), None)
     if "train" not in splits or test_split is None:
@@ -162,7 +164,10 @@ def load(name: str, *, data_dir: Optional[str], manual_dir: Optional[str], in_me
                          f"{', '.join(sorted(splits))}; choose another dataset")
     sources = []
     for split in ("train", test_split):
-        if in_memory:
+        if images.has_varying_size(dataset_builder.info.features[x_key]):  # read from disk, decoded on access
+            sources.append(images.DecodedImages(dataset_builder, split, x_key, y_key, image_size,
+                                                info.feature_shape[-1], workers))
+        elif in_memory:
             sources.append(array_cache.read(dataset_builder, split, info.feature_shape,
                                             lambda split=split: TfdsSource(dataset_builder, split, x_key, y_key)))
         else:
@@ -170,8 +175,9 @@ def load(name: str, *, data_dir: Optional[str], manual_dir: Optional[str], in_me
     return info, sources[0], sources[1]
 
 
-def _describe(name: str, dataset_builder) -> tuple[DatasetInfo, str, str]:
-    """DatasetInfo from the builder's features; x must be a fixed-shape numeric array, y a class or a number."""
+def _describe(name: str, dataset_builder, image_size: int = 224) -> tuple[DatasetInfo, str, str]:
+    """DatasetInfo from the builder's features; x must be a fixed-shape numeric array (or an image of any size,
+    read as `image_size` x `image_size`), y a class or a number."""
     keys = dataset_builder.info.supervised_keys
     if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
         raise UsageError(f"TFDS dataset {name} has no (input, label) supervised keys; bmjax's supervised runner "
@@ -179,6 +185,8 @@ def _describe(name: str, dataset_builder) -> tuple[DatasetInfo, str, str]:
     x_key, y_key = keys
     x_feature, label = dataset_builder.info.features[x_key], dataset_builder.info.features[y_key]
     shape, dtype = tuple(getattr(x_feature, "shape", ())), np.dtype(getattr(x_feature, "np_dtype", object))
+    if images.has_varying_size(x_feature):
+        shape = (image_size, image_size, shape[-1] or 3)
     if dtype.kind not in "biuf" or None in shape:
         raise UsageError(f"TFDS dataset {name}'s input {x_key!r} is {type(x_feature).__name__} of shape {shape} "
                          f"and type {dtype}, not a fixed-shape numeric array; choose an image or numeric dataset")
