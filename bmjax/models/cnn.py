@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmjax.errors import UsageError
+from bmjax.models.convnet import max_pool
 from bmjax.models.mlp import KERNEL_INIT
 from bmjax.models.registry import register
 
@@ -36,7 +37,7 @@ class SeedCNN(nn.Module):
                 raise UsageError(f"the CNN's inputs of {size[0]}x{size[1]} leave {x.shape[1]}x{x.shape[2]} feature "
                                  f"maps after convolution {i + 1} ({self.conv_padding} padding), too few to pool; use "
                                  "--conv_padding=SAME, a smaller --kernel_size or fewer --conv_features")
-            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            x = max_pool(nn.relu(x), 2)  # a reshape and max on CPU: its gradient is far faster there
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden_sizes:
             x = nn.relu(nn.Dense(width, kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype)(x))

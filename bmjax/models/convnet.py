@@ -138,8 +138,10 @@ def max_pool(x, window: int, strides: Optional[int] = None, padding: int = 0, ce
     if not _on_cpu():
         return nn.max_pool(x, (window, window), (strides, strides), ((padding, padding), (padding, padding)))
     batch, height, width, channels = x.shape
-    if window == strides and not padding and height % window == 0 and width % window == 0:
-        return x.reshape(batch, height // window, window, width // window, window, channels).max(axis=(2, 4))
+    if window == strides and not padding:  # windows that tile the map (a last partial row or column is dropped)
+        rows, cols = height // window, width // window
+        tiles = x[:, :rows * window, :cols * window].reshape(batch, rows, window, cols, window, channels)
+        return tiles.max(axis=(2, 4))
     slices = _pool_slices(x, window, strides, padding, -jnp.inf)
     out = next(slices)
     for view in slices:

@@ -1,0 +1,49 @@
+"""The zoo's shared layers: the CPU pooling equals lax's in values and gradients, PyTorch's ceil mode and
+adaptive pooling, BatchNorm and convolutions with logical axis names."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bmjax.models import convnet
+
+
+@pytest.mark.parametrize("window, strides, padding", [(2, 2, 0), (3, 2, 1), (3, 2, 0), (3, 1, 1), (3, 3, 0)])
+@pytest.mark.parametrize("size", [12, 13])
+def test_max_pool_on_cpu_equals_reduce_window_and_its_gradient(window, strides, padding, size):
+    x = jax.random.normal(jax.random.key(size), (2, size, size + 1, 3))  # no ties: the gradients are unique
+    reference = lambda x: nn.max_pool(x, (window, window), (strides, strides), ((padding, padding),) * 2)
+    ours = lambda x: convnet.max_pool(x, window, strides, padding)
+    np.testing.assert_array_equal(ours(x), reference(x))
+    weights = jax.random.normal(jax.random.key(1), reference(x).shape)
+    grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * weights))(x)
+    np.testing.assert_allclose(grad(ours), grad(reference), rtol=1e-6)
+
+
+def test_ceil_mode_keeps_the_last_partial_window():
+    x = jnp.arange(2 * 7 * 7 * 1, dtype=jnp.float32).reshape(2, 7, 7, 1)
+    assert convnet.max_pool(x, 2, 2).shape == (2, 3, 3, 1)
+    pooled = convnet.max_pool(x, 2, 2, ceil_mode=True)
+    assert pooled.shape == (2, 4, 4, 1)
+    np.testing.assert_array_equal(pooled[:, -1, -1, 0], x[:, -1, -1, 0])  # the corner window holds one pixel
+
+
+def test_adaptive_average_pooling_as_pytorch_splits_the_map():
+    x = jax.random.normal(jax.random.key(0), (1, 5, 6, 2))
+    pooled = convnet.adaptive_avg_pool(x, 3)
+    # PyTorch's rows for 5 -> 3: [0, 2), [1, 4), [3, 5); columns for 6 -> 3: [0, 2), [2, 4), [4, 6).
+    np.testing.assert_allclose(pooled[0, 1, 2], x[0, 1:4, 4:6].mean(axis=(0, 1)), rtol=1e-6)
+    np.testing.assert_allclose(convnet.adaptive_avg_pool(x[:, :4], 2)[0, 0, 0], x[0, :2, :3].mean((0, 1)), rtol=1e-6)
+
+
+def test_layers_name_their_logical_axes():
+    conv = convnet.ConvFactory()(8, 3, 2)
+    norm = convnet.NormFactory(train=True)()
+    x = jnp.ones((2, 9, 9, 3))
+    conv_variables = conv.init(jax.random.key(0), x)
+    assert nn.get_partition_spec(conv_variables)["params"]["kernel"] == jax.sharding.PartitionSpec(*convnet.CONV_AXES)
+    assert conv.apply(conv_variables, x).shape == (2, 5, 5, 8)  # PyTorch's padding: (9 + 2 - 3) // 2 + 1
+    norm_variables = norm.init(jax.random.key(0), x)
+    assert nn.get_partition_spec(norm_variables)["params"]["scale"] == jax.sharding.PartitionSpec("conv_out")
