@@ -105,6 +105,7 @@ def test_vision_notebook_executes(tmp_path, monkeypatch):
     config = transformers.ResNetConfig(depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], embedding_size=64,
                                        layer_type="basic", num_labels=10)
     transformers.ResNetForImageClassification(config).save_pretrained(hf_folder)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device: ResNet-18 compiles faster than on 8 simulated
     monkeypatch.setenv("BMJAX_VISION_DATASET", "digits")
     monkeypatch.setenv("BMJAX_VISION_STEPS", "20")
     monkeypatch.setenv("BMJAX_VISION_FINETUNE_STEPS", "10")
