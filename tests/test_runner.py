@@ -5,7 +5,6 @@ experiments."""
 import ast
 import json
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -59,7 +58,7 @@ def test_cadence_flags_never_compile_the_train_step_again(tmp_path):
 
 def test_a_model_declared_in_an_experiment_file_trains_under_every_strategy(tmp_path):
     """experiments/digits_resnet.py registers a ResNet with BatchNorm: the same losses under single, pmap and mesh
-    (batch statistics over the whole batch), and its running averages saved and restored on resume."""
+    (batch statistics over the whole batch), and its running averages saved."""
     args = ["--train_steps=12", "--log_every_steps=2", "--lr_schedule=constant", "--host_devices=8",
             "--checkpoint_every_steps=6"]
     losses = {}
@@ -73,15 +72,7 @@ def test_a_model_declared_in_an_experiment_file_trains_under_every_strategy(tmp_
     state = saved_state(tmp_path / "mesh")
     means = [k for k in state if "batch_stats" in k and k.endswith("['mean']")]
     assert means and all(np.abs(state[k]).max() > 0 for k in means), "running averages moved away from 0"
-
-    killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "experiments.digits_resnet", f"--workdir={killed}", "--parallel=mesh", *args]
-    assert kill_after_saving(command, killed, 6, random.Random(0)) == -signal.SIGKILL
-    out = run_module("experiments.digits_resnet", f"--workdir={killed}", "--parallel=mesh", *args)
-    assert out.returncode == 0, out.stderr
-    resumed = saved_state(killed)
-    for key in state:
-        np.testing.assert_array_equal(resumed[key], state[key], err_msg=key)
+    # Running averages resuming bitwise after SIGKILL: tests/test_image_classification.py.
 
 
 def test_readme_shows_the_model_declaring_experiment_file_whole():
