@@ -76,16 +76,9 @@ class DecodedImages(Source):
         return self._pool
 
     def __getitem__(self, indices):
-        from bmjax.data.tfds_source import corrupt
+        from bmjax.data.tfds_source import read_records
 
-        keys = [int(i) for i in np.asarray(indices).ravel()]
-        try:
-            try:
-                records = self.source.__getitems__(keys)
-            except TypeError:  # tfds.testing.mock_data's sources read one key at a time
-                records = [self.source[k] for k in keys]
-        except Exception as e:
-            raise corrupt(self.directory, e) from None
+        records = read_records(self.source, indices, self.directory)
         encoded = [r[self.x_key] for r in records]
         chunk = max(1, len(encoded) // (4 * self.workers))
         try:

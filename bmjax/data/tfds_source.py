@@ -218,14 +218,7 @@ class TfdsSource(Source):
         return self.length
 
     def __getitem__(self, indices):
-        keys = [int(i) for i in np.asarray(indices).ravel()]
-        try:
-            try:
-                records = self.source.__getitems__(keys)  # one batched read
-            except TypeError:  # tfds.testing.mock_data's sources read one key at a time
-                records = [self.source[k] for k in keys]
-        except Exception as e:
-            raise corrupt(self.directory, e) from None
+        records = read_records(self.source, indices, self.directory)
         x = np.stack([r[self.x_key] for r in records]) if records else np.zeros((0,))
         y = np.asarray([r[self.y_key] for r in records])
         return {"x": x if x.dtype == np.uint8 else x.astype(np.float32),
@@ -240,6 +233,18 @@ class TfdsSource(Source):
             part = self[np.arange(start, min(start + chunk, len(self)))]
             x[start:start + len(part["y"])], y[start:start + len(part["y"])] = part["x"], part["y"]
         return ArraySource(x, y)
+
+
+def read_records(source, indices, directory: str) -> list:
+    """The records of a TFDS data source at `indices`, in one batched read; a failed read names `directory`."""
+    keys = [int(i) for i in np.asarray(indices).ravel()]
+    try:
+        try:
+            return source.__getitems__(keys)
+        except TypeError:  # tfds.testing.mock_data's sources read one key at a time
+            return [source[k] for k in keys]
+    except Exception as e:
+        raise corrupt(directory, e) from None
 
 
 def corrupt(directory: str, error: Exception) -> UsageError:

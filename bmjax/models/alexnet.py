@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmjax.errors import UsageError
-from bmjax.models.convnet import ConvFactory, adaptive_avg_pool, as_images, max_pool, resolve_stem
+from bmjax.models.convnet import ConvFactory, adaptive_avg_pool, as_images, flatten_chw, max_pool, resolve_stem
 from bmjax.models.registry import register
 
 # torchvision's VGG initialises its linear layers so (AlexNet keeps PyTorch's default; see AlexNet's docstring).
@@ -23,12 +23,6 @@ CLASSIFIER_INIT = nn.initializers.normal(0.01)
 # (features, kernel, stride, padding) of each convolution, per stage (the convolutions before a max pool).
 IMAGENET_STAGES = (((64, 11, 4, 2),), ((192, 5, 1, 2),), ((384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1)))
 SMALL_STAGES = (((64, 3, 1, 1),), ((192, 5, 1, 2),), ((384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1)))
-def flatten_chw(x):
-    """[batch, H, W, C] -> [batch, C * H * W] in PyTorch's (channel, row, column) order, so that the first
-    classifier layer of a torchvision checkpoint applies unchanged (its kernel transposed, as every Linear's)."""
-    return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
-
-
 class ConvStage(nn.Module):
     """Convolutions with bias and ReLU, then max pooling `pool` = (window, strides, ceil_mode) unless None;
     the unit that `remat` recomputes. Convolutions are named conv{first}, conv{first + 1}, ..."""

@@ -168,6 +168,12 @@ def adaptive_avg_pool(x, size: int):
     return jnp.stack([jnp.stack(row, axis=1) for row in cells], axis=1)
 
 
+def flatten_chw(x):
+    """[batch, H, W, C] -> [batch, C * H * W] in PyTorch's (channel, row, column) order, so that the first
+    classifier layer of a torchvision checkpoint applies unchanged (its kernel transposed, as every Linear's)."""
+    return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+
+
 def count_parameters(params) -> int:
     """Parameters, as PyTorch counts them (BatchNorm's running averages are model state, not parameters)."""
     return int(sum(np.prod(np.shape(p)) for p in jax.tree.leaves(params)))

@@ -24,7 +24,8 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bmjax.models.convnet import ConvFactory, NormFactory, adaptive_avg_pool, as_images, max_pool, resolve_stem
+from bmjax.models.convnet import (ConvFactory, NormFactory, adaptive_avg_pool, as_images, flatten_chw, max_pool,
+                                   resolve_stem)
 from bmjax.models.registry import register
 
 # torchvision's GoogLeNet: nn.init.trunc_normal_(std=0.01, a=-2, b=2) for convolutions and linear layers.
@@ -92,7 +93,7 @@ class InceptionAux(nn.Module):
     def __call__(self, x):
         x = adaptive_avg_pool(x, 4)
         x = BasicConv2d(128, 1, self.conv, self.norm, name="conv")(x)
-        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # PyTorch's flatten order: C, H, W
+        x = flatten_chw(x)  # PyTorch's flatten order: C, H, W
         x = nn.relu(self.conv.dense(1024, name="fc1", kernel_init=INIT, axes=("embed", "mlp"))(x))
         x = nn.Dropout(self.dropout, deterministic=not self.train)(x)
         return self.conv.dense(self.num_outputs, name="fc2", kernel_init=INIT, axes=("mlp", "classes"))(x)

@@ -14,8 +14,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmjax.errors import UsageError
-from bmjax.models.alexnet import CLASSIFIER_INIT, flatten_chw
-from bmjax.models.convnet import ConvFactory, NormFactory, adaptive_avg_pool, as_images, max_pool, resolve_stem
+from bmjax.models.alexnet import CLASSIFIER_INIT
+from bmjax.models.convnet import (ConvFactory, NormFactory, adaptive_avg_pool, as_images, flatten_chw, max_pool,
+                                   resolve_stem)
 from bmjax.models.registry import register
 
 # The widths of the 3x3 convolutions of each stage (each stage ends in a 2x2 max pool), by depth.
