@@ -57,13 +57,7 @@ def restore(workdir: str, *, step: Optional[int] = None, seed: Optional[int] = N
     """The run in `workdir` at its newest checkpoint (or `step`); for a many-seed run, the parameters of `seed`
     (default: its first)."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    path = os.path.join(workdir, RUN_FILE)
-    if not os.path.exists(path):
-        raise UsageError(f"{workdir} holds no bmjax run ({RUN_FILE} is missing); pass the --workdir of a run "
-                         "that has started training")
-    with open(path) as f:
-        record = json.load(f)
-    config = _config(record)
+    config, info, record = read_run(workdir)
     if record.get("model_io") is None:
         raise UsageError(f"the run in {workdir} ({record.get('program')}) records no model to rebuild")
     io = ModelIO.from_json(record["model_io"])
@@ -86,12 +80,23 @@ def restore(workdir: str, *, step: Optional[int] = None, seed: Optional[int] = N
     check_compatible(saved, expected, workdir, f"the model {type(config).__name__}.build_model makes now")
 
     tokenizer_path = os.path.join(workdir, TOKENIZER_FILE)
-    info = record.get("dataset_info")
-    if info is not None:
-        info = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in info.items()})
     return Restored(config=config, model=model, params=saved["params"], model_state=saved.get("model_state") or {},
                     step=saved_step, seed=chosen, io=io, info=info,
                     tokenizer=load_tokenizer(tokenizer_path) if os.path.exists(tokenizer_path) else None)
+
+
+def read_run(workdir: str) -> tuple[Config, Optional[DatasetInfo], dict]:
+    """(config, dataset info, run.json) of the run in `workdir`, for programs that rebuild their own networks."""
+    path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), RUN_FILE)
+    if not os.path.exists(path):
+        raise UsageError(f"{os.path.dirname(path)} holds no bmjax run ({RUN_FILE} is missing); pass the --workdir "
+                         "of a run that has started training")
+    with open(path) as f:
+        record = json.load(f)
+    info = record.get("dataset_info")
+    if info is not None:
+        info = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in info.items()})
+    return _config(record), info, record
 
 
 def _config(record: dict) -> Config:

@@ -8,7 +8,8 @@
   compiled `lax.scan`.
 
 `train(state, first_step, num_steps)` returns the new state and each step's metric sums, stacked on the host;
-`evaluate(state, split)` a split's sums. Scanned feeds compile two calls, one of `chunk` steps and one of a
+`evaluate(state, split)` a split's sums, from batches that also carry `mask` (0 for padding) and `index` (each
+row's index in the split). Scanned feeds compile two calls, one of `chunk` steps and one of a
 single step (for a segment's last few), however long the segments between logs, evaluations and checkpoints.
 """
 
@@ -145,7 +146,7 @@ class DeviceFeed:
             def eval_steps(state, data, indices, mask):
                 def body(_, idx_mask):
                     idx, m = idx_mask
-                    batch = self.strategy.constrain_batch({**source.gather(data, idx), "mask": m})
+                    batch = self.strategy.constrain_batch({**source.gather(data, idx), "index": idx, "mask": m})
                     return None, self.program.eval_step(state, batch)
 
                 _, sums = lax.scan(body, None, (indices, mask))
@@ -182,8 +183,9 @@ class HostFeed:
 
         def load(i):
             batch = self._read(source, indices[i])
-            if mask is not None:
+            if mask is not None:  # an evaluation batch: which rows are padding, and each row's index in the split
                 batch["mask"] = pipeline.process_part(mask[i], jax.process_index(), jax.process_count())
+                batch["index"] = pipeline.process_part(indices[i], jax.process_index(), jax.process_count())
             return self.strategy.shard(batch, axis)
 
         pending = self.pool.submit(load, 0)

@@ -151,6 +151,8 @@ def run(config: Config, command: str = "bmjax") -> dict:
             result[split] = program.summarize(feed.evaluate(state, split), detailed=True)
             if not (logged and split == "validation"):
                 log.write(last_step, split, result[split], echo=False)  # printed with the report below
+        if program.draws:
+            log.pictures(last_step, program.pictures(canonical(state), final=True))
         trained, train_seconds = last_step - start_step, sum(times.values())
         result.update(seconds=time.time() - began, train_seconds=train_seconds,
                       steps_per_second=trained / max(train_seconds, 1e-9),
@@ -185,7 +187,7 @@ def _train(program, feed, schedule: Schedule, state, start_step: int, log, check
     with Interrupts() as interrupts:
         for first, end in schedule.segments(start_step):
             state, validation = _train_segment(program, feed, schedule, state, first, end, log, checkpoints, seeds,
-                                               seconds)
+                                               seconds, canonical)
             stop = interrupts.requested()
             done = early is not None and validation is not None and early.observe(end, validation)
             if end % schedule.checkpoint_every == 0 or end == schedule.total_steps or stop or done:
@@ -199,9 +201,9 @@ def _train(program, feed, schedule: Schedule, state, start_step: int, log, check
 
 
 def _train_segment(program, feed, schedule: Schedule, state, first: int, end: int, log, checkpoints, seeds,
-                   seconds: dict):
-    """Steps `first`..`end`, then their log and any evaluation that falls due; adds the time to `seconds`.
-    Returns the state and the validation summary, if the validation split was evaluated."""
+                   seconds: dict, canonical):
+    """Steps `first`..`end`, then their log and any evaluation (and pictures) that falls due; adds the time to
+    `seconds`. Returns the state and the validation summary, if the validation split was evaluated."""
     tick = time.time()
     state, sums = feed.train(state, first, end - first)
     took = time.time() - tick
@@ -214,6 +216,8 @@ def _train_segment(program, feed, schedule: Schedule, state, first: int, end: in
             if split != "test":  # the test split is evaluated once, at the end
                 summaries[split] = program.summarize(feed.evaluate(state, split))
                 log.write(end, split, summaries[split])
+        if program.draws:
+            log.pictures(end, program.pictures(canonical(state)))
     epoch = first // schedule.steps_per_epoch if schedule.steps_per_epoch else 0
     seconds[epoch] = seconds.get(epoch, 0.0) + time.time() - tick  # an epoch's validation counts, as in Keras
     return state, summaries.get("validation")

@@ -9,6 +9,7 @@ state lives (the strategy), what is saved and when; the program decides what a s
     train_step(state, batch) -> (state, sums)    `batch` is None for a program that makes its own data
     eval_step(state, batch) -> sums        sums that add up over batches and devices
     summarize(sums, detailed) -> numbers   on the host: losses, accuracies, returns
+    pictures(state, final) -> images       on the host, at each evaluation: samples of a generator, say
 
 Metric *sums* add up over steps, batches and devices (the loop adds them in float64), so that a program's
 numbers do not depend on how its work was split. Under `pmap` a program reduces across `axis_name` itself
@@ -61,6 +62,11 @@ class Program:
         """Scalars of the schedules at `step`, logged beside the training metrics."""
         return {}
 
+    def pictures(self, state, final: bool = False) -> dict:
+        """{name: uint8 image [H, W, C]} of the (whole, host) state, written at each evaluation as
+        WORKDIR/pictures/NAME_STEP.png and to TensorBoard; `final` at the end of the run."""
+        return {}
+
     def describe(self, state) -> dict:
         """Facts about the state for result.json (a parameter count, say)."""
         return {}
@@ -68,6 +74,10 @@ class Program:
     @property
     def evaluates(self) -> bool:
         return type(self).eval_step is not Program.eval_step
+
+    @property
+    def draws(self) -> bool:
+        return type(self).pictures is not Program.pictures
 
 
 @dataclasses.dataclass
@@ -109,6 +119,14 @@ class ManySeeds(Program):
     @property
     def evaluates(self) -> bool:
         return self.program.evaluates
+
+    @property
+    def draws(self) -> bool:
+        return self.program.draws
+
+    def pictures(self, state, final: bool = False) -> dict:
+        return {f"{name}_seed{seed}": picture for i, seed in enumerate(self.seeds)
+                for name, picture in self.program.pictures(jax.tree.map(lambda x: x[i], state), final).items()}
 
     def summarize(self, sums, detailed: bool = False) -> dict:
         """The mean over seeds of every number, its standard deviation as NAME_std, and each seed's summary."""

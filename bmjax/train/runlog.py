@@ -1,5 +1,5 @@
 """What a run reports: its opening lines and result on the console, metrics.jsonl, TensorBoard events, a progress
-bar or log lines, curves.png."""
+bar or log lines, curves.png, and the pictures a program draws."""
 
 import json
 import os
@@ -16,7 +16,7 @@ from bmjax.config import Config
 METRICS_FILE = "metrics.jsonl"
 SHOWN = ("loss", "accuracy", "exact_match", "macro_f1", "perplexity", "mse", "mae", "r2",
          "episode_return")  # on the console
-PLOTTED = ("loss", "accuracy", "r2", "episode_return")  # the first two a run logs go into curves.png
+PLOTTED = ("loss", "accuracy", "r2", "episode_return", "fd_classifier")  # the first two a run logs go into curves.png
 
 
 class RunLog:
@@ -68,6 +68,19 @@ class RunLog:
                 self.bar.write(f"step {step} {split}: {text}")
         else:
             print(f"step {step}/{self.total_steps} {split}: {text}", flush=True)
+
+    def pictures(self, step: int, pictures: dict) -> None:
+        """Each uint8 image [H, W, C] as WORKDIR/pictures/NAME_STEP.png, and to TensorBoard."""
+        if not self.enabled or not pictures:
+            return
+        from PIL import Image
+
+        folder = os.path.join(self.workdir, "pictures")
+        os.makedirs(folder, exist_ok=True)
+        for name, picture in pictures.items():
+            Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(
+                os.path.join(folder, f"{name}_{step:07d}.png"))
+            self.writer.add_image(name, picture, step, dataformats="HWC")
 
     def _epoch(self, step: int) -> str:
         if not self.steps_per_epoch:
@@ -138,9 +151,11 @@ def _scalars(values: dict) -> dict:
 
 
 def _plotted(records: list[dict]) -> list[str]:
-    """The two metrics curves.png shows: the loss and the main metric, or the first two a program logs."""
-    logged = [k for r in records if r["split"] == "train" for k in _scalars(r)
-              if k not in ("step", "time", "steps_per_second", "learning_rate") and not k.endswith("_std")]
+    """The two metrics curves.png shows: the loss and the main metric, or the first two a program logs (in
+    training first)."""
+    logged = [k for split in ("train", "validation", "evaluation") for r in records if r["split"] == split
+              for k in _scalars(r) if k not in ("step", "time", "steps_per_second") and not k.endswith("_std")
+              and not k.endswith("learning_rate")]
     logged = list(dict.fromkeys(logged))
     preferred = [k for k in PLOTTED if k in logged] + [k for k in logged if k not in PLOTTED]
     return preferred[:2]

@@ -38,13 +38,14 @@ class TrainState(struct.PyTreeNode):
 
 
 def create(model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Array, rng: jax.Array,
-           ema_decay: float = 0.0) -> TrainState:
-    """Initialises parameters from the key `rng` (a run's is PRNGKey(--seed)) on an example input batch; with
-    `ema_decay`, also their moving average (starting at the initial parameters)."""
+           ema_decay: float = 0.0, extra_inputs: tuple = ()) -> TrainState:
+    """Initialises parameters from the key `rng` (a run's is PRNGKey(--seed)) on an example input batch (and
+    `extra_inputs`, the model's further positional inputs: a label, say); with `ema_decay`, also their moving
+    average (starting at the initial parameters)."""
     init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
     # Unboxed: models that name their parameters' logical axes return them in nn.Partitioned boxes.
-    init = jax.jit(lambda rngs, x: model.init(rngs, x, train=False))  # compiled: far faster for deep models
-    variables = nn.meta.unbox(init({"params": init_rng, "dropout": dropout_rng}, example_x))
+    init = jax.jit(lambda rngs, *x: model.init(rngs, *x, train=False))  # compiled: far faster for deep models
+    variables = nn.meta.unbox(init({"params": init_rng, "dropout": dropout_rng}, example_x, *extra_inputs))
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       model_state=dict(variables), rng=state_rng, apply_fn=model.apply, tx=tx,
