@@ -93,3 +93,19 @@ def classification_report(confusion, target_names: Optional[Sequence[str]] = Non
         report += row.format(average, summary[f"{key}_precision"], summary[f"{key}_recall"],
                              summary[f"{key}_f1"], total, width=width, digits=digits)
     return report
+
+
+def frechet_distance(mean_a, cov_a, mean_b, cov_b) -> float:
+    """The Frechet (2-Wasserstein) distance between two Gaussians, ||mean_a - mean_b||^2 + tr(cov_a + cov_b -
+    2 (cov_a cov_b)^(1/2)) (Dowson & Landau 1982): FID's formula, in whatever feature space the moments come from."""
+    import warnings
+
+    from scipy import linalg
+
+    with warnings.catch_warnings():  # features that never fire (ReLU's) make the product singular: harmless here
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():  # a singular product: nudge both away from it, as FID's reference code does
+        offset = np.eye(len(cov_a)) * 1e-6
+        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    return float(np.sum(np.square(mean_a - mean_b)) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root.real))

@@ -62,11 +62,12 @@ def shakespeare_dir(tmp_path_factory) -> str:
 PROGRAMS = ROOT / "tests" / "programs"
 
 
-def program_module(name: str):
-    """A test program's file (tests/programs/NAME.py) imported as a module."""
+def program_module(name):
+    """A program's file imported as a module: tests/programs/NAME.py, or a path."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"programs_{name}", PROGRAMS / f"{name}.py")
+    path = Path(name) if Path(name).suffix == ".py" else PROGRAMS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"programs_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,0 +1,156 @@
+"""GANs: the adversarial losses and penalties against hand computations, the Frechet distance against its closed
+form, DCGAN's networks, and the DCGAN and WGAN-GP experiments end to end on the digits: evaluation, pictures,
+sampling, the critic's schedule and bad input. (Strategies, resume and many seeds: test_programs.py.)"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import read_metrics, read_result, run_module
+from PIL import Image
+
+from bmjax import losses, metrics
+from bmjax.errors import UsageError
+from bmjax.models.dcgan import Discriminator, Generator, upsamplings
+from bmjax.train.checkpoint import read_saved
+from experiments.dcgan import Dcgan, main
+from experiments.wgan_gp import WganGp
+
+rng = np.random.default_rng(0)
+TINY = dict(dataset="digits", batch_size=32, generator_features=8, discriminator_features=8, latent_dim=16,
+            log_every_steps=10, parallel="single")
+
+
+def test_adversarial_losses_match_their_formulas():
+    real, fake = jnp.array([2.0, -1.0, 0.5]), jnp.array([-3.0, 0.2, 1.5])
+    log_sigmoid = lambda x: -np.log1p(np.exp(-x))
+    np.testing.assert_allclose(losses.discriminator_loss("non_saturating", real, fake),
+                               -log_sigmoid(real) - np.log1p(-1 / (1 + np.exp(-fake))), rtol=1e-5)
+    np.testing.assert_allclose(losses.discriminator_loss("hinge", real, fake), [0.0, 3.2, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(losses.discriminator_loss("wasserstein", real, fake), fake - real)
+    np.testing.assert_allclose(losses.generator_loss("non_saturating", fake), -log_sigmoid(fake), rtol=1e-5)
+    np.testing.assert_allclose(losses.generator_loss("hinge", fake), -fake)
+    with pytest.raises(ValueError, match="unknown adversarial loss"):
+        losses.generator_loss("minimax", fake)
+
+
+def test_gradient_penalty_and_r1_from_the_critic_s_input_gradient():
+    w = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+    linear = lambda x: x.reshape(x.shape[0], -1) @ w.reshape(-1)  # its input gradient is w everywhere
+    real, fake = (jnp.asarray(rng.normal(size=(4, 5, 3)), jnp.float32) for _ in range(2))
+    t = jnp.array([0.0, 0.3, 0.7, 1.0])
+    norm = np.linalg.norm(w)
+    np.testing.assert_allclose(losses.gradient_penalty(linear, real, fake, t), [(norm - 1) ** 2] * 4, rtol=1e-5)
+    np.testing.assert_allclose(losses.r1_penalty(linear, real), [norm ** 2] * 4, rtol=1e-5)
+    # A quadratic critic 0.5 ||x||^2: its input gradient is x, at the point t real + (1 - t) fake.
+    quadratic = lambda x: 0.5 * jnp.sum(jnp.square(x.reshape(x.shape[0], -1)), -1)
+    between = t[:, None, None] * real + (1 - t[:, None, None]) * fake
+    expected = (np.linalg.norm(np.asarray(between).reshape(4, -1), axis=-1) - 1) ** 2
+    np.testing.assert_allclose(losses.gradient_penalty(quadratic, real, fake, t), expected, rtol=1e-5)
+
+
+def test_frechet_distance_is_the_closed_form_for_commuting_covariances():
+    mean_a, mean_b = rng.normal(size=4), rng.normal(size=4)
+    var_a, var_b = rng.uniform(0.5, 2, 4), rng.uniform(0.5, 2, 4)
+    expected = np.sum((mean_a - mean_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
+    assert metrics.frechet_distance(mean_a, np.diag(var_a), mean_b, np.diag(var_b)) == pytest.approx(expected)
+    cov = np.cov(rng.normal(size=(6, 50)))
+    assert abs(metrics.frechet_distance(mean_a[:1].repeat(6), cov, mean_a[:1].repeat(6), cov)) < 1e-8
+
+
+@pytest.mark.parametrize("side,first_map", [(28, 7), (32, 4), (8, 4)])
+def test_dcgan_networks_shapes(side, first_map):
+    assert side // 2 ** upsamplings(side) == first_map
+    generator = Generator(image_shape=(side, side, 3), features=8, num_classes=10)
+    z, labels = jnp.asarray(rng.normal(size=(2, 16)), jnp.float32), jnp.array([1, 1])
+    variables = generator.init(jax.random.PRNGKey(0), z, labels)
+    images = generator.apply(variables, z, labels)
+    assert images.shape == (2, side, side, 3) and float(jnp.abs(images).max()) <= 1.0
+    other = generator.apply(variables, z, jnp.array([1, 2]))
+    assert np.allclose(other[0], images[0]) and not np.allclose(other[1], images[1]), "the label conditions"
+    discriminator = Discriminator(features=8, num_classes=10, norm="layer")
+    logits = discriminator.apply(discriminator.init(jax.random.PRNGKey(1), images, labels), images, labels)
+    assert logits.shape == (2,)
+    with pytest.raises(UsageError, match="halves at least once"):
+        upsamplings(27)
+
+
+@pytest.fixture(scope="module")
+def dcgan_run(tmp_path_factory):
+    """A conditional DCGAN on the digits, its classifier trained first by the experiment itself."""
+    workdir = tmp_path_factory.mktemp("dcgan")
+    config = Dcgan(workdir=str(workdir), train_steps=120, eval_every_steps=60, conditional=True,
+                   classifier_epochs=4, **TINY)
+    return workdir, main(config)
+
+
+def test_dcgan_reports_the_frechet_distance_class_shares_and_conditioned_accuracy(dcgan_run):
+    workdir, result = dcgan_run
+    classifier = read_result(workdir / "classifier")
+    assert classifier["test"]["accuracy"] > 0.8
+    test = result["test"]
+    assert 0 <= test["fd_classifier_floor"] < test["fd_classifier"], "real held-out images are nearer the training set"
+    assert sum(test["class_shares"].values()) == pytest.approx(1.0)
+    assert test["class_share_min"] <= 0.1 <= test["class_share_max"]
+    assert 0 <= test["conditioned_accuracy"] <= 1 and "classifier" in test["fd_features"]
+    assert result["generator_parameters"] > result["discriminator_parameters"] > 0
+    validation = read_metrics(workdir, "validation")
+    assert [r["step"] for r in validation] == [60, 120] and all("fd_classifier" in r for r in validation)
+    train = read_metrics(workdir)
+    assert all(np.isfinite([r["d_loss"], r["g_loss"]]).all() for r in train)
+    assert train[0]["generator_learning_rate"] == 2e-4
+
+
+def test_dcgan_draws_sample_grids_at_each_evaluation_and_an_interpolation_at_the_end(dcgan_run):
+    workdir, _ = dcgan_run
+    pictures = sorted(p.name for p in (workdir / "pictures").iterdir())
+    assert pictures == ["interpolation_0000120.png", "samples_0000060.png", "samples_0000120.png"]
+    samples = np.asarray(Image.open(workdir / "pictures" / "samples_0000120.png"))
+    assert samples.shape == (8 * 10 - 2, 10 * 10 - 2), "8 rows of the 10 classes, 8x8 images 2 pixels apart"
+    assert samples.std() > 0
+    events = list((workdir / "tensorboard").iterdir())
+    assert events and any(b"samples" in e.read_bytes() for e in events)
+
+
+def test_sample_mode_writes_a_grid_of_the_class_asked_for(dcgan_run, tmp_path):
+    workdir, _ = dcgan_run
+    out = tmp_path / "sevens.png"
+    written = main(Dcgan(workdir=str(workdir), mode="sample", label=7, num_samples=9, out=str(out)))
+    assert written == str(out) and np.asarray(Image.open(out)).shape == (3 * 10 - 2, 3 * 10 - 2)
+    bad = run_module("experiments.dcgan", f"--workdir={workdir}", "--mode=sample", "--label=12")
+    assert bad.returncode == 2 and "--label=12 is not a class of this generator (0-9)" in bad.stderr
+
+
+def test_wgan_gp_takes_five_critic_steps_per_generator_step(tmp_path):
+    config = WganGp(workdir=str(tmp_path), train_steps=20, eval_every_steps=20,
+                    classifier=str(_classifier(tmp_path)), **TINY)
+    result = main(config)
+    saved, _ = read_saved(str(tmp_path), ("generator", "discriminator"))
+    assert int(saved["discriminator"]["step"]) == 20 and int(saved["generator"]["step"]) == 4
+    assert np.isfinite(result["test"]["fd_classifier"])
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["gradient_penalty"] == 10.0
+
+
+def _classifier(tmp_path):
+    from experiments.mnist_cnn import MnistCnn
+
+    from bmjax.train.loop import run
+
+    workdir = tmp_path / "classifier"
+    run(MnistCnn(workdir=str(workdir), dataset="digits", epochs=1, conv_padding="SAME", hidden_sizes=(16,),
+                 parallel="single"))
+    return workdir
+
+
+def test_bad_input_gets_one_line_errors(tmp_path):
+    not_a_run = run_module("experiments.dcgan", f"--workdir={tmp_path / 'g'}", "--dataset=digits",
+                           f"--classifier={tmp_path}")
+    assert not_a_run.returncode == 2 and "holds no bmjax run" in not_a_run.stderr.strip().splitlines()[-1]
+    with pytest.raises(UsageError, match="--discriminator_norm=layer"):
+        Dcgan(workdir=str(tmp_path), gradient_penalty=10.0).validate()
+    with pytest.raises(UsageError, match="--critic_steps must be positive"):
+        WganGp(workdir=str(tmp_path), critic_steps=0).validate()
+    with pytest.raises(UsageError, match="not images; choose an image dataset"):
+        main(Dcgan(workdir=str(tmp_path / "d"), dataset="diabetes", classifier=str(tmp_path)))
