@@ -164,8 +164,10 @@ def sample(config: Dcgan, command: str = "") -> str:
         columns = classes if config.label is None else columns
         labels = rows % classes if config.label is None else np.full_like(rows, config.label)
     z = adversarial.latents(jax.random.PRNGKey(config.seed), rows, run.latent_dim)
+    noise = {"noise_keys": jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), i))(rows)} \
+        if getattr(generator, "draws_noise", False) else {}
     images = adversarial.generate(generator.apply, {"params": params, **state["model_state"]}, z, labels,
-                                  info.feature_shape)
+                                  info.feature_shape, **noise)
     out = config.out or os.path.join(config.workdir, "samples.png")
     from PIL import Image
 

@@ -1,6 +1,7 @@
 """GANs: the adversarial losses and penalties against hand computations, the Frechet distance against its closed
-form, DCGAN's networks, and the DCGAN and WGAN-GP experiments end to end on the digits: evaluation, pictures,
-sampling, the critic's schedule and bad input. (Strategies, resume and many seeds: test_programs.py.)"""
+form, DCGAN's and the StyleGAN-style networks, and the DCGAN, WGAN-GP and StyleGAN experiments end to end on the
+digits: evaluation, pictures, sampling, the critic's schedule, bad input. (DCGAN under every strategy, resumed and
+with many seeds: test_programs.py.)"""
 
 import json
 
@@ -14,8 +15,10 @@ from PIL import Image
 from bmjax import losses, metrics
 from bmjax.errors import UsageError
 from bmjax.models.dcgan import Discriminator, Generator, upsamplings
+from bmjax.models.stylegan import ModulatedConv, StyleGenerator
 from bmjax.train.checkpoint import read_saved
 from experiments.dcgan import Dcgan, main
+from experiments.stylegan import StyleGan
 from experiments.wgan_gp import WganGp
 
 rng = np.random.default_rng(0)
@@ -154,3 +157,51 @@ def test_bad_input_gets_one_line_errors(tmp_path):
         WganGp(workdir=str(tmp_path), critic_steps=0).validate()
     with pytest.raises(UsageError, match="not images; choose an image dataset"):
         main(Dcgan(workdir=str(tmp_path / "d"), dataset="diabetes", classifier=str(tmp_path)))
+
+
+def test_modulated_convolution_is_each_example_convolved_with_its_own_demodulated_kernel():
+    x = jnp.asarray(rng.normal(size=(3, 6, 6, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 8)), jnp.float32)
+    conv = ModulatedConv(5)
+    variables = conv.init(jax.random.PRNGKey(0), x, w)
+    params = variables["params"]
+    style = w @ (params["style"]["kernel"] / np.sqrt(8)) + params["style"]["bias"]  # equalised: He's constant
+    kernel = params["kernel"] / np.sqrt(3 * 3 * 4)
+    expected = []
+    for i in range(3):
+        modulated = kernel * style[i][None, None, :, None]
+        modulated = modulated / jnp.sqrt(jnp.sum(jnp.square(modulated), (0, 1, 2)) + 1e-8)
+        expected.append(jax.lax.conv_general_dilated(x[i:i + 1], modulated, (1, 1), "SAME",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0])
+    np.testing.assert_allclose(conv.apply(variables, x, w), np.stack(expected), rtol=2e-4, atol=2e-5)
+
+
+def test_style_generator_mixes_styles_and_draws_noise_from_each_example_s_key():
+    generator = StyleGenerator(image_shape=(8, 8, 1), features=8, w_dim=16, style_mixing=1.0)
+    z = jnp.asarray(rng.normal(size=(2, 16)), jnp.float32)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(2))
+    variables = jax.jit(generator.init)(jax.random.PRNGKey(0), z)
+    params = jax.tree_util.tree_map_with_path(  # noise at full strength (it starts at 0)
+        lambda path, p: jnp.ones_like(p) if "noise_strength" in jax.tree_util.keystr(path) else p, variables)
+    run = jax.jit(lambda v, keys, mixing, train: generator.clone(style_mixing=mixing).apply(
+        v, z, noise_keys=keys, train=train), static_argnums=(2, 3))
+    evaluated = run(params, keys, 1.0, False)
+    assert evaluated.shape == (2, 8, 8, 1)
+    np.testing.assert_array_equal(run(params, keys, 0.0, False), evaluated)  # mixing is for training only
+    assert not np.allclose(run(params, keys, 1.0, True), run(params, keys, 0.0, True)), "a second latent's styles"
+    other_keys = keys.at[1].set(jax.random.PRNGKey(7))
+    moved = run(params, other_keys, 1.0, False)
+    np.testing.assert_array_equal(moved[0], evaluated[0])
+    assert not np.allclose(moved[1], evaluated[1]), "example 1's noise comes from its own key"
+
+
+def test_stylegan_trains_with_r1_and_samples_from_the_generator_s_average(dcgan_run, tmp_path):
+    config = StyleGan(workdir=str(tmp_path), train_steps=8, eval_every_steps=8,
+                      classifier=str(dcgan_run[0] / "classifier"), **{**TINY, "log_every_steps": 4})
+    result = main(config)
+    assert all(np.isfinite(r["d_loss"]) for r in read_metrics(tmp_path))
+    assert np.isfinite(result["test"]["fd_classifier"]) and result["generator_parameters"] > 0
+    saved, _ = read_saved(str(tmp_path), ("generator",))
+    assert "ema_params" in saved["generator"]
+    out = main(StyleGan(workdir=str(tmp_path), mode="sample", num_samples=4))
+    assert np.asarray(Image.open(out)).shape == (2 * 10 - 2, 2 * 10 - 2)

@@ -101,6 +101,8 @@ def test_interrupts_save_a_checkpoint_and_resume_bitwise(tmp_path, signum, statu
     step = int(stderr.split(" at step ")[1].split(";")[0])
     assert stderr.strip().endswith("rerun the same command to resume") and 0 < step < 2000
     assert (killed / "checkpoints" / str(step)).is_dir()
+    if signum != signal.SIGINT:  # the same handler: one signal's resume is compared bit for bit
+        return
     resumed = run_module(MLP, f"--workdir={killed}", *args)
     assert resumed.returncode == 0 and f"resuming from step {step} of 2000" in resumed.stdout
     whole = tmp_path / "whole"

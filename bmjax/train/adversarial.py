@@ -129,9 +129,15 @@ class Adversarial(Program):
     def _as_images(self, x):
         return x[..., None] if x.ndim == 3 else x
 
-    def _generate(self, generator: TrainState, model_state, z, labels):
+    def _noise(self, rng, rows) -> dict:
+        """The generator's own randomness (StyleGAN's noise and style mixing), one key per example's row."""
+        if not getattr(self.generator, "draws_noise", False):
+            return {}
+        return {"noise_keys": jax.vmap(lambda i: jax.random.fold_in(rng, i))(rows)}
+
+    def _generate(self, generator: TrainState, model_state, z, labels, rows):
         return generate(generator.apply_fn, {"params": generator.eval_params, **model_state}, z, labels,
-                        self.image_shape)
+                        self.image_shape, **self._noise(jax.random.PRNGKey(EVAL_SEED + 2), rows))
 
     def init(self, rng):
         g_rng, d_rng, rest = jax.random.split(rng, 3)
@@ -156,7 +162,8 @@ class Adversarial(Program):
         g, d = state.generator, state.discriminator
 
         def generate(params):
-            return g.apply_fn({"params": params, **g.model_state}, z, labels, train=True, mutable=["batch_stats"])
+            return g.apply_fn({"params": params, **g.model_state}, z, labels, train=True, mutable=["batch_stats"],
+                              **self._noise(jax.random.fold_in(rng, 2), rows))
 
         fake, pullback, g_model_state = jax.vjp(generate, g.params, has_aux=True)
 
@@ -205,7 +212,7 @@ class Adversarial(Program):
         weights = batch["mask"].astype(jnp.float32)
         labels = self._labels(batch)
         z = self.latents(jax.random.PRNGKey(EVAL_SEED), batch["index"])
-        fake = self._generate(state.generator, state.generator.model_state, z, labels)
+        fake = self._generate(state.generator, state.generator.model_state, z, labels, batch["index"])
         real_features, _ = self.classifier(preprocess.to_float(batch["x"]))
         fake_features, fake_logits = self.classifier(fake)
         predicted = jnp.argmax(fake_logits, -1)
@@ -247,15 +254,18 @@ class Adversarial(Program):
             labels = jnp.tile(jnp.arange(columns), GRID_ROWS)
         else:
             z, labels = self.latents(key, jnp.arange(GRID_ROWS * columns)), None
-        out = {"samples": tile(np.asarray(self._pictures(generator, generator.model_state, z, labels)), columns)}
+        rows = jnp.arange(len(z))
+        out = {"samples": tile(np.asarray(self._pictures(generator, generator.model_state, z, labels, rows)),
+                               columns)}
         if final:
             ends = self.latents(jax.random.PRNGKey(EVAL_SEED + 1), jnp.arange(2 * GRID_ROWS)).reshape(
                 GRID_ROWS, 2, -1)
-            t = jnp.linspace(0.0, 1.0, 10)
+            t = jnp.linspace(0.0, 1.0, GRID_ROWS)  # 8 x 8 images, as the grid: one compiled generator
             z = jax.vmap(lambda pair: jax.vmap(lambda s: slerp(pair[0], pair[1], s))(t))(ends).reshape(
                 -1, self.latent_dim)
-            labels = jnp.repeat(jnp.arange(GRID_ROWS) % self.num_classes, 10) if self.num_classes else None
-            out["interpolation"] = tile(np.asarray(self._pictures(generator, generator.model_state, z, labels)), 10)
+            labels = jnp.repeat(jnp.arange(GRID_ROWS) % self.num_classes, GRID_ROWS) if self.num_classes else None
+            out["interpolation"] = tile(np.asarray(self._pictures(generator, generator.model_state, z, labels,
+                                                                  jnp.zeros(len(z), jnp.int32))), GRID_ROWS)
         return out
 
     def learning_rates(self, step: int) -> dict:
@@ -271,10 +281,10 @@ def latents(rng, rows, dim: int):
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng, i), (dim,)))(rows)
 
 
-def generate(apply_fn, variables, z, labels, image_shape):
-    """Images in [0, 1] shaped like the dataset's, from a generator in evaluation mode."""
-    fake = apply_fn(variables, z, labels, train=False)
-    return ((fake + 1.0) / 2.0).reshape((z.shape[0],) + tuple(image_shape))
+def generate(apply_fn, variables, z, labels, image_shape, **noise):
+    """Images in [0, 1] shaped like the dataset's, from a generator in evaluation mode (its outputs in [-1, 1])."""
+    fake = apply_fn(variables, z, labels, train=False, **noise)
+    return jnp.clip((fake + 1.0) / 2.0, 0.0, 1.0).reshape((z.shape[0],) + tuple(image_shape))
 
 
 def slerp(a, b, t):
