@@ -13,6 +13,7 @@ from conftest import PROGRAMS, ROOT, kill_after_saving, program_module, read_met
     saved_state
 
 from bmjax.train.loop import run
+from bmjax.train.program import ManySeeds, Program
 
 pytest.importorskip("gymnax", reason="gymnax not installed: pip install -e '.[test]'")
 
@@ -84,7 +85,7 @@ def test_sigkill_and_rerun_is_bitwise_identical(tmp_path, name, classifier):
     assert strip(read_metrics(killed)) == strip(read_metrics(whole))
 
 
-@pytest.mark.parametrize("name", sorted(PROGRAMS_UNDER_TEST))
+@pytest.mark.parametrize("name", ["policy_gradient"])  # the mechanism is the program's; one shows it
 def test_many_seeds_in_one_program_are_the_separate_runs(tmp_path, name, classifier):
     metric, split = PROGRAMS_UNDER_TEST[name][3:]
     many = run(config_of(name, tmp_path / "many", classifier, parallel="mesh", seed=5, num_seeds=4))
@@ -101,6 +102,17 @@ def test_many_seeds_in_one_program_are_the_separate_runs(tmp_path, name, classif
     assert many[split][number] == pytest.approx(np.mean([s[number] for s in per_seed]))
     state = saved_state(tmp_path / "many")
     assert state["['step']"].tolist() == [PROGRAMS_UNDER_TEST[name][2]["train_steps"]] * 4, "every seed is saved"
+
+
+def test_many_seeds_draw_each_seed_s_pictures():
+    class Painter(Program):
+        def pictures(self, state, final=False):
+            return {"grey": np.full((2, 2, 1), state["level"], np.uint8)}
+
+    many = ManySeeds(Painter(), seeds=(3, 4))
+    assert many.draws and not ManySeeds(Program(), seeds=(3, 4)).draws
+    drawn = many.pictures({"level": np.array([10, 20])})
+    assert sorted(drawn) == ["grey_seed3", "grey_seed4"] and drawn["grey_seed4"][0, 0, 0] == 20
 
 
 def test_the_agent_learns_and_reports_returns(tmp_path):
