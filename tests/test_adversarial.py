@@ -196,7 +196,7 @@ def test_style_generator_mixes_styles_and_draws_noise_from_each_example_s_key():
 
 
 def test_stylegan_trains_with_r1_and_samples_from_the_generator_s_average(dcgan_run, tmp_path):
-    config = StyleGan(workdir=str(tmp_path), train_steps=8, eval_every_steps=8,
+    config = StyleGan(workdir=str(tmp_path), train_steps=8, eval_every_steps=8, validation_split=None,
                       classifier=str(dcgan_run[0] / "classifier"), **{**TINY, "log_every_steps": 4})
     result = main(config)
     assert all(np.isfinite(r["d_loss"]) for r in read_metrics(tmp_path))

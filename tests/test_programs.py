@@ -21,7 +21,7 @@ pytest.importorskip("gymnax", reason="gymnax not installed: pip install -e '.[te
 PROGRAMS_UNDER_TEST = {
     "dcgan": (ROOT / "experiments" / "dcgan.py", "Dcgan",
               dict(dataset="digits", train_steps=24, log_every_steps=4, batch_size=64, generator_features=8,
-                   discriminator_features=8, latent_dim=16), "d_loss", "test"),
+                   discriminator_features=8, latent_dim=16, validation_split=None), "d_loss", "test"),
     "policy_gradient": (PROGRAMS / "policy_gradient.py", "PolicyGradientConfig", dict(train_steps=12, log_every_steps=3),
                         "loss", "evaluation"),
 }
@@ -67,7 +67,7 @@ def test_sigkill_and_rerun_is_bitwise_identical(tmp_path, name, classifier):
     path, _, settings, _, _ = PROGRAMS_UNDER_TEST[name]
     flags = {**settings, **(classifier if name == "dcgan" else {}), "train_steps": settings["train_steps"] * 4,
              "checkpoint_every_steps": 4, "log_every_steps": 4, "parallel": "pmap", "host_devices": 2}
-    args = [f"--{flag}={value}" for flag, value in flags.items()]
+    args = [f"--{flag}={value}" for flag, value in flags.items() if value is not None]  # None stays the flag's default
     whole = tmp_path / "whole"
     done = run_file(path, f"--workdir={whole}", *args)
     assert done.returncode == 0, done.stderr
