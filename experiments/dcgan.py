@@ -29,7 +29,7 @@ from bmjax.data import DatasetInfo
 from bmjax.errors import UsageError
 from bmjax.models.dcgan import NORMS, Discriminator, Generator
 from bmjax.runs import read_run
-from bmjax.train import adversarial
+from bmjax.train import adversarial, runlog
 from bmjax.train.checkpoint import read_saved
 from bmjax.train.program import Plan
 
@@ -164,15 +164,11 @@ def sample(config: Dcgan, command: str = "") -> str:
         columns = classes if config.label is None else columns
         labels = rows % classes if config.label is None else np.full_like(rows, config.label)
     z = adversarial.latents(jax.random.PRNGKey(config.seed), rows, run.latent_dim)
-    noise = {"noise_keys": jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), i))(rows)} \
-        if getattr(generator, "draws_noise", False) else {}
+    noise = adversarial.noise_inputs(generator, jax.random.PRNGKey(config.seed + 1), rows)
     images = adversarial.generate(generator.apply, {"params": params, **state["model_state"]}, z, labels,
                                   info.feature_shape, **noise)
     out = config.out or os.path.join(config.workdir, "samples.png")
-    from PIL import Image
-
-    grid = adversarial.tile(np.asarray(images), columns)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out)
+    runlog.save_png(adversarial.tile(np.asarray(images), columns), out)
     what = f" of class {info.class_names[config.label] if info.class_names else config.label}" \
         if config.label is not None else ""
     console.say(f"wrote {config.num_samples} samples{what} from step {step} to {out}")

@@ -130,10 +130,7 @@ class Adversarial(Program):
         return x[..., None] if x.ndim == 3 else x
 
     def _noise(self, rng, rows) -> dict:
-        """The generator's own randomness (StyleGAN's noise and style mixing), one key per example's row."""
-        if not getattr(self.generator, "draws_noise", False):
-            return {}
-        return {"noise_keys": jax.vmap(lambda i: jax.random.fold_in(rng, i))(rows)}
+        return noise_inputs(self.generator, rng, rows)
 
     def _generate(self, generator: TrainState, model_state, z, labels, rows):
         return generate(generator.apply_fn, {"params": generator.eval_params, **model_state}, z, labels,
@@ -279,6 +276,14 @@ class Adversarial(Program):
 def latents(rng, rows, dim: int):
     """The latent vector [dim] of each example, from its row number: the same whatever the batch it is in."""
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng, i), (dim,)))(rows)
+
+
+def noise_inputs(generator: nn.Module, rng, rows) -> dict:
+    """The generator's own randomness (StyleGAN's noise and style mixing) as its keyword inputs: one key per
+    example's row; none for a generator that draws none."""
+    if not getattr(generator, "draws_noise", False):
+        return {}
+    return {"noise_keys": jax.vmap(lambda i: jax.random.fold_in(rng, i))(rows)}
 
 
 def generate(apply_fn, variables, z, labels, image_shape, **noise):

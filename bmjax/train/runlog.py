@@ -73,13 +73,10 @@ class RunLog:
         """Each uint8 image [H, W, C] as WORKDIR/pictures/NAME_STEP.png, and to TensorBoard."""
         if not self.enabled or not pictures:
             return
-        from PIL import Image
-
         folder = os.path.join(self.workdir, "pictures")
         os.makedirs(folder, exist_ok=True)
         for name, picture in pictures.items():
-            Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(
-                os.path.join(folder, f"{name}_{step:07d}.png"))
+            save_png(picture, os.path.join(folder, f"{name}_{step:07d}.png"))
             self.writer.add_image(name, picture, step, dataformats="HWC")
 
     def _epoch(self, step: int) -> str:
@@ -95,6 +92,13 @@ class RunLog:
             self.bar.close()
         self.writer.close()
         self.file.close()
+
+
+def save_png(picture: np.ndarray, path: str) -> None:
+    """A uint8 image [H, W, C] as a PNG file (grey when C is 1)."""
+    from PIL import Image
+
+    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(path)
 
 
 def read_metrics(workdir: str) -> list[dict]:
