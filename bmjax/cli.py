@@ -30,7 +30,7 @@ GROUPS = {
               "conv_padding", "dtype", "remat"),
     "optimisation": ("batch_size", "grad_accum_steps", "eval_batch_size", "optimizer", "learning_rate",
                      "lr_schedule", "warmup_steps", "min_learning_rate", "lr_decay_steps", "lr_decay_factor",
-                     "momentum", "nesterov", "b2", "weight_decay", "clip_grad_norm", "ema_decay", "l1", "l2", "freeze"),
+                     "momentum", "nesterov", "b2", "optimizer_eps", "weight_decay", "clip_grad_norm", "ema_decay", "l1", "l2", "freeze"),
     "devices": ("parallel", "mesh", "host_devices", "data_placement", "steps_per_call", "coordinator_address",
                 "num_processes", "process_id", "distributed"),
 }

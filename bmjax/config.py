@@ -34,8 +34,8 @@ def field_metadata(config_cls: type, name: str) -> dict:
     return {"help": name.replace("_", " "), "choices": None, "trains": True}
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine", "step")
 STRATEGIES = ("auto", "single", "pmap", "mesh")
 TASKS = ("auto", "classification", "binary", "regression", "language_model", "masked_lm", "seq2seq")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -112,11 +112,13 @@ class Config:
     learning_rate: float = field(1e-3, "Peak learning rate.")
     optimizer: str = field("adam", "Optimizer.", OPTIMIZERS)
     momentum: float = field(0.9, "Momentum of sgd.")
-    b2: float = field(0.999, "Decay of Adam's second-moment estimate (adam, adamw).")
+    b2: float = field(0.999, "Decay of the second-moment estimate (adam, adamw; rmsprop's decay).")
+    optimizer_eps: float = field(1e-8, "The epsilon added to the denominator (adam, adamw, rmsprop: outside the "
+                                       "square root, as torch does).")
     nesterov: bool = field(False, "Nesterov momentum for sgd.")
     lr_schedule: str = field("constant", "Learning-rate schedule.", SCHEDULES)
     warmup_steps: int = field(0, "Linear warm-up steps of warmup_cosine.")
-    min_learning_rate: float = field(0.0, "Where the cosine schedules end.")
+    min_learning_rate: float = field(0.0, "Where the linear and cosine schedules end.")
     lr_decay_steps: int = field(1000, "Steps between decays of the step schedule.")
     lr_decay_factor: float = field(0.1, "Factor of each decay of the step schedule.")
     weight_decay: float = field(0.0, "Decoupled weight decay of the weight matrices (adamw's; added to the "
@@ -176,7 +178,7 @@ class Config:
             choices = field_metadata(type(self), f.name)["choices"]
             if choices and getattr(self, f.name) not in choices:
                 raise UsageError(f"--{f.name}={getattr(self, f.name)} is not one of: {', '.join(choices)}")
-        positive = ["epochs", "batch_size", "eval_batch_size", "learning_rate", "log_every_steps",
+        positive = ["epochs", "batch_size", "eval_batch_size", "learning_rate", "optimizer_eps", "log_every_steps",
                     "keep_checkpoints", "synthetic_examples", "synthetic_features", "kernel_size",
                     "grad_accum_steps", "vocab_size", "num_seeds", "image_size"]
         positive_if_set = ["train_steps", "eval_every_steps", "checkpoint_every_steps", "clip_grad_norm",

@@ -13,6 +13,8 @@ def schedule(config: Config, total_steps: int) -> optax.Schedule:
     lr = config.learning_rate
     if config.lr_schedule == "constant":
         return optax.constant_schedule(lr)
+    if config.lr_schedule == "linear":
+        return optax.linear_schedule(lr, config.min_learning_rate, transition_steps=total_steps)
     if config.lr_schedule == "cosine":
         return optax.cosine_decay_schedule(lr, decay_steps=total_steps, alpha=config.min_learning_rate / lr)
     if config.lr_schedule == "warmup_cosine":
@@ -45,17 +47,20 @@ def trainable_count(config: Config, params) -> int:
 def create(config: Config, total_steps: int) -> optax.GradientTransformation:
     """Clipping, the optimizer, and weight decay, chained as the config says; --freeze'd parameters stay put."""
     lr = schedule(config, total_steps)
-    decay = config.weight_decay
+    decay, eps = config.weight_decay, config.optimizer_eps
     if config.optimizer == "adamw":
-        optimizer = optax.adamw(lr, b2=config.b2, weight_decay=decay, mask=weight_matrices)
-    elif config.optimizer == "adam":
-        optimizer = optax.chain(optax.add_decayed_weights(decay, weight_matrices), optax.adam(lr, b2=config.b2)) \
-            if decay else optax.adam(lr, b2=config.b2)
-    elif config.optimizer == "sgd":
-        sgd = optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
-        optimizer = optax.chain(optax.add_decayed_weights(decay, weight_matrices), sgd) if decay else sgd
+        optimizer = optax.adamw(lr, b2=config.b2, eps=eps, weight_decay=decay, mask=weight_matrices)
     else:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}")
+        if config.optimizer == "adam":
+            optimizer = optax.adam(lr, b2=config.b2, eps=eps)
+        elif config.optimizer == "rmsprop":
+            optimizer = optax.rmsprop(lr, decay=config.b2, eps=eps, eps_in_sqrt=False)
+        elif config.optimizer == "sgd":
+            optimizer = optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
+        else:
+            raise ValueError(f"unknown optimizer {config.optimizer!r}")
+        if decay:
+            optimizer = optax.chain(optax.add_decayed_weights(decay, weight_matrices), optimizer)
     if config.clip_grad_norm:
         optimizer = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), optimizer)
     if config.freeze:

@@ -1,7 +1,7 @@
 """The one loop carries programs other than supervised learning: two networks with two optimizers in alternating
-updates (the DCGAN experiment on the digits), and an agent that makes its own data (actor-critic on gymnax's
-CartPole). Each gives the same numbers under single, pmap and mesh on 8 simulated devices, resumes bitwise after
-SIGKILL, and runs several seeds in one program."""
+updates (the DCGAN experiment on the digits), and agents that make their own data (the PPO and DQN experiments on
+gymnax's CartPole, DQN's replay buffer in its state). Each gives the same numbers under single, pmap and mesh on 8
+simulated devices and resumes bitwise after SIGKILL; many seeds in one program are each seed's separate run."""
 
 import random
 import signal
@@ -9,8 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import PROGRAMS, ROOT, kill_after_saving, program_module, read_metrics, read_result, run_file, \
-    saved_state
+from conftest import ROOT, kill_after_saving, program_module, read_metrics, run_file, saved_state
 
 from bmjax.train.loop import run
 from bmjax.train.program import ManySeeds, Program
@@ -22,8 +21,12 @@ PROGRAMS_UNDER_TEST = {
     "dcgan": (ROOT / "experiments" / "dcgan.py", "Dcgan",
               dict(dataset="digits", train_steps=24, log_every_steps=4, batch_size=64, generator_features=8,
                    discriminator_features=8, latent_dim=16, validation_split=None), "d_loss", "test"),
-    "policy_gradient": (PROGRAMS / "policy_gradient.py", "PolicyGradientConfig", dict(train_steps=12, log_every_steps=3),
-                        "loss", "evaluation"),
+    "ppo": (ROOT / "experiments" / "ppo.py", "Ppo",
+            dict(num_envs=8, rollout_steps=16, minibatches=2, epochs=2, train_steps=12, log_every_steps=3),
+            "episode_return", "evaluation"),
+    "dqn": (ROOT / "experiments" / "dqn.py", "Dqn",
+            dict(num_envs=8, batch_size=16, buffer_size=64, learning_starts=24, target_every=32, n_step=3, double=True,
+                 train_steps=12, log_every_steps=3), "q_loss", "evaluation"),
 }
 
 
@@ -85,7 +88,7 @@ def test_sigkill_and_rerun_is_bitwise_identical(tmp_path, name, classifier):
     assert strip(read_metrics(killed)) == strip(read_metrics(whole))
 
 
-@pytest.mark.parametrize("name", ["policy_gradient"])  # the mechanism is the program's; one shows it
+@pytest.mark.parametrize("name", ["ppo"])  # the mechanism is the runner's; one program shows it
 def test_many_seeds_in_one_program_are_the_separate_runs(tmp_path, name, classifier):
     metric, split = PROGRAMS_UNDER_TEST[name][3:]
     many = run(config_of(name, tmp_path / "many", classifier, parallel="mesh", seed=5, num_seeds=4))
@@ -94,11 +97,11 @@ def test_many_seeds_in_one_program_are_the_separate_runs(tmp_path, name, classif
     records = read_metrics(tmp_path / "many")
     assert all(len(r["seeds"]) == 4 and f"{metric}_std" in r for r in records)
     seed_7 = [next(s for s in r["seeds"] if s["seed"] == 7)[metric] for r in records]
-    np.testing.assert_allclose(seed_7, [r[metric] for r in read_metrics(tmp_path / "alone")], rtol=1e-4)
+    np.testing.assert_allclose(seed_7, [r[metric] for r in read_metrics(tmp_path / "alone")], rtol=1e-5)
     per_seed = [s for s in many[split]["seeds"]]
     assert [s["seed"] for s in per_seed] == [5, 6, 7, 8]
     number = next(k for k in alone[split] if isinstance(alone[split][k], float))
-    assert per_seed[2][number] == pytest.approx(alone[split][number], rel=1e-4)
+    assert per_seed[2][number] == pytest.approx(alone[split][number], rel=1e-5)
     assert many[split][number] == pytest.approx(np.mean([s[number] for s in per_seed]))
     state = saved_state(tmp_path / "many")
     assert state["['step']"].tolist() == [PROGRAMS_UNDER_TEST[name][2]["train_steps"]] * 4, "every seed is saved"
@@ -113,11 +116,3 @@ def test_many_seeds_draw_each_seed_s_pictures():
     assert many.draws and not ManySeeds(Program(), seeds=(3, 4)).draws
     drawn = many.pictures({"level": np.array([10, 20])})
     assert sorted(drawn) == ["grey_seed3", "grey_seed4"] and drawn["grey_seed4"][0, 0, 0] == 20
-
-
-def test_the_agent_learns_and_reports_returns(tmp_path):
-    result = run(config_of("policy_gradient", tmp_path, None, parallel="single", train_steps=300, log_every_steps=100))
-    returns = [r["episode_return"] for r in read_metrics(tmp_path, "train")]
-    assert returns[-1] > 1.5 * returns[0] and returns[-1] > 80, "CartPole's episodes get longer (random play: 22)"
-    assert result["evaluation"]["episode_return"] > 100 and "dataset" not in result
-    assert read_result(tmp_path)["program"] == "PolicyGradient"

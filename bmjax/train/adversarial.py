@@ -265,7 +265,7 @@ class Adversarial(Program):
                                                                   jnp.zeros(len(z), jnp.int32))), GRID_ROWS)
         return out
 
-    def learning_rates(self, step: int) -> dict:
+    def schedules(self, step: int) -> dict:
         return {name: float(schedule(step)) for name, schedule in self.schedules.items()}
 
     def describe(self, state) -> dict:

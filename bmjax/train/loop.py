@@ -209,7 +209,7 @@ def _train_segment(program, feed, schedule: Schedule, state, first: int, end: in
     took = time.time() - tick
     _check_finite(sums, first, seeds, checkpoints)
     log.write(end, "train", program.summarize(_total(sums)), steps_per_second=(end - first) / took,
-              **program.learning_rates(end))
+              **program.schedules(end))
     summaries = {}
     if end % schedule.eval_every == 0 and end < schedule.total_steps:
         for split in feed.splits:

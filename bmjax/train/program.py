@@ -9,6 +9,7 @@ state lives (the strategy), what is saved and when; the program decides what a s
     train_step(state, batch) -> (state, sums)    `batch` is None for a program that makes its own data
     eval_step(state, batch) -> sums        sums that add up over batches and devices
     summarize(sums, detailed) -> numbers   on the host: losses, accuracies, returns
+    schedules(step) -> numbers             on the host: learning rates and the like at a step
     pictures(state, final) -> images       on the host, at each evaluation: samples of a generator, say
 
 Metric *sums* add up over steps, batches and devices (the loop adds them in float64), so that a program's
@@ -58,8 +59,9 @@ class Program:
     def summarize(self, sums, detailed: bool = False) -> dict:
         return {name: float(np.sum(value)) for name, value in sums.items()}
 
-    def learning_rates(self, step: int) -> dict:
-        """Scalars of the schedules at `step`, logged beside the training metrics."""
+    def schedules(self, step: int) -> dict:
+        """Scalars that follow from the step alone (learning rates, an exploration rate, environment steps), logged
+        beside the training metrics."""
         return {}
 
     def pictures(self, state, final: bool = False) -> dict:
@@ -139,8 +141,8 @@ class ManySeeds(Program):
         summary["seeds"] = [{"seed": seed, **s} for seed, s in zip(self.seeds, each)]
         return summary
 
-    def learning_rates(self, step: int) -> dict:
-        return self.program.learning_rates(step)
+    def schedules(self, step: int) -> dict:
+        return self.program.schedules(step)
 
     def describe(self, state) -> dict:
         return {**self.program.describe(jax.tree.map(lambda x: x[0], state)), "seeds": list(self.seeds)}

@@ -62,7 +62,7 @@ class Supervised(Program):
     def summarize(self, sums, detailed: bool = False) -> dict:
         return self.task.summarize(sums, detailed)
 
-    def learning_rates(self, step: int) -> dict:
+    def schedules(self, step: int) -> dict:
         return {"learning_rate": float(self.schedule(step))}
 
     def describe(self, state) -> dict:

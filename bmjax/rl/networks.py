@@ -1,0 +1,65 @@
+"""The agents' networks: an MLP for vector observations, a small CNN first for frames (MinAtar's 10x10 maps).
+
+Weights start orthogonal (gain sqrt 2 in the torso, 0.01 for the policy's logits, 1 for values), as the PPO
+implementations whose numbers bmjax is held to do.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+
+
+class Torso(nn.Module):
+    """Dense layers; with `frames`, observations [..., H, W, C] go through a 3x3 convolution of `conv_features`
+    filters and a flatten first."""
+
+    hidden_sizes: Sequence[int]
+    activation: str = "tanh"
+    frames: bool = False
+    conv_features: int = 16
+
+    @nn.compact
+    def __call__(self, obs):
+        act = ACTIVATIONS[self.activation]
+        x = obs.astype(jnp.float32)
+        if self.frames:
+            x = act(nn.Conv(self.conv_features, (3, 3), padding="VALID",
+                            kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+            x = x.reshape(*x.shape[:-3], -1)
+        for width in self.hidden_sizes:
+            x = act(nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+        return x
+
+
+class ActorCritic(nn.Module):
+    """Policy logits and a value, from two torsos of the same shape (no shared features)."""
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+    frames: bool = False
+
+    @nn.compact
+    def __call__(self, obs, *, train: bool = False):
+        logits = nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(0.01))(
+            Torso(self.hidden_sizes, self.activation, self.frames, name="actor")(obs))
+        value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(
+            Torso(self.hidden_sizes, self.activation, self.frames, name="critic")(obs))
+        return logits, value[..., 0]
+
+
+class QNetwork(nn.Module):
+    """An action value per action."""
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (120, 84)
+    activation: str = "relu"
+    frames: bool = False
+
+    @nn.compact
+    def __call__(self, obs, *, train: bool = False):
+        return nn.Dense(self.num_actions)(Torso(self.hidden_sizes, self.activation, self.frames)(obs))
