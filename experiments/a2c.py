@@ -12,6 +12,7 @@ The defaults are Stable-Baselines3's (RL Zoo's for CartPole): 8 environments x 5
 """
 
 import dataclasses
+from typing import Optional
 
 from bmjax import cli, optim
 from bmjax.config import field
@@ -35,9 +36,10 @@ class A2c(rl_config.AgentConfig):
     learning_rate: float = 7e-4
     b2: float = 0.99
     log_every_steps: int = 200
+    eval_every_steps: Optional[int] = 1000
 
     def build_agent(self, context):
-        envs = self.environments()
+        envs = self.environments(context)
         learning_rate = optim.schedule(self, self.train_steps)
         return A2C(envs, ActorCritic(**self.network_kwargs(envs)), optim.create(self, self.train_steps),
                    self.rollout_steps, self.eval_episodes, schedules={"learning_rate": learning_rate},

@@ -48,6 +48,7 @@ class Dqn(rl_config.AgentConfig):
     clip_grad_norm: Optional[float] = None
     optimizer_eps: float = 1e-8
     log_every_steps: int = 1000
+    eval_every_steps: Optional[int] = 2500
 
     def validate(self) -> "Dqn":
         config = super().validate()
@@ -65,7 +66,7 @@ class Dqn(rl_config.AgentConfig):
         return config
 
     def build_agent(self, context):
-        envs = self.environments()
+        envs = self.environments(context)
         per_update = self.num_envs * self.rollout_steps
         epsilon = optax.linear_schedule(self.epsilon_start, self.epsilon_end,
                                         max(1, int(self.exploration_fraction * self.train_steps)))

@@ -11,6 +11,7 @@ epochs of 4 minibatches, GAE(0.99, 0.95), clip 0.2, entropy 0.01, Adam 2.5e-4 an
 """
 
 import dataclasses
+from typing import Optional
 
 from bmjax import cli, optim
 from bmjax.config import field
@@ -39,6 +40,7 @@ class Ppo(rl_config.AgentConfig):
     entropy_bonus: float = field(0.01, "Weight of the policy's entropy in the loss.")
     value_coef: float = field(0.5, "Weight of the value loss.")
     lr_schedule: str = "linear"
+    eval_every_steps: Optional[int] = 50
 
     def validate(self) -> "Ppo":
         config = super().validate()
@@ -50,7 +52,7 @@ class Ppo(rl_config.AgentConfig):
         return config
 
     def build_agent(self, context):
-        envs = self.environments()
+        envs = self.environments(context)
         updates = self.epochs * self.minibatches  # optimizer steps per train step
         learning_rate = optim.schedule(self, self.train_steps * updates)
         return PPO(envs, ActorCritic(**self.network_kwargs(envs)), optim.create(self, self.train_steps * updates),

@@ -49,9 +49,9 @@ def test_gpt_notebook_executes(shakespeare_dir, tmp_path, monkeypatch):
 
 def install_cell():
     """The notebooks' first code cell, the same in each."""
-    cells = {nbformat.read(ROOT / "colab" / name, as_version=4).cells[1].source for name in ("quickstart.ipynb",
-                                                                                           "gpt.ipynb")}
-    assert len(cells) == 1, "both notebooks install bmjax alike"
+    cells = {nbformat.read(ROOT / "colab" / name, as_version=4).cells[1].source
+             for name in ("quickstart.ipynb", "gpt.ipynb", "rl.ipynb")}
+    assert len(cells) == 1, "the notebooks install bmjax alike"
     return cells.pop()
 
 
@@ -129,3 +129,27 @@ def test_vision_notebook_executes(tmp_path, monkeypatch):
         assert json.load(f)["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 3, "the augmented samples, the curves and the confusion matrix"
+
+
+def test_rl_notebook_executes(tmp_path, monkeypatch):
+    """PPO on CartPole for 4 seeds in one program, its return curves with their spread, the policy played."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("BMJAX_RL_SEEDS", "4")
+    monkeypatch.setenv("BMJAX_RL_ENV_STEPS", "40960")
+    monkeypatch.setenv("BMJAX_RL_WORKDIR", str(tmp_path))
+    notebook = nbformat.read(ROOT / "colab" / "rl.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+
+    outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                      for o in cell.get("outputs", []))
+    with open(tmp_path / "result.json") as f:
+        result = json.load(f)
+    assert result["seeds"] == [0, 1, 2, 3] and len(result["evaluation"]["seeds"]) == 4
+    last100 = float(outputs.split("last-100 return ", 1)[1].split()[0])
+    assert last100 == pytest.approx(result["evaluation"]["return_last100"], abs=0.05) and last100 > 60
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["episodes"] == 8 and len(report["seeds"]) == 4
+    steps = int(outputs.split("one greedy episode of seed 0: ", 1)[1].split()[0])
+    assert 1 <= steps <= 500
+    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2, "the return curves and the played episode"

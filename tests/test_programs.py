@@ -14,7 +14,6 @@ from conftest import ROOT, kill_after_saving, program_module, read_metrics, run_
 from bmjax.train.loop import run
 from bmjax.train.program import ManySeeds, Program
 
-pytest.importorskip("gymnax", reason="gymnax not installed: pip install -e '.[test]'")
 
 # (program file, its config class, a short run, the metric its training logs, the split it evaluates)
 PROGRAMS_UNDER_TEST = {

@@ -17,7 +17,6 @@ from bmjax.rl import replay
 from bmjax.rl.returns import gae, n_step_returns
 from bmjax.train.loop import run
 
-pytest.importorskip("gymnax", reason="gymnax not installed: pip install -e '.[test]'")
 
 
 def random_rollout(rng, steps=12, envs=3):
@@ -130,8 +129,8 @@ def agent_config(name, workdir, **overrides):
     import importlib
 
     module, class_name, settings = AGENTS[name]
-    return getattr(importlib.import_module(module), class_name)(workdir=str(workdir), parallel="single",
-                                                                 **{**settings, **overrides})
+    return getattr(importlib.import_module(module), class_name)(
+        workdir=str(workdir), **{"parallel": "single", **settings, **overrides})
 
 
 @pytest.mark.parametrize("name", sorted(AGENTS))
@@ -164,3 +163,24 @@ def test_mode_evaluate_plays_the_trained_policy_and_bad_input_is_one_line(tmp_pa
         run(agent_config("ppo", tmp_path / "short", env_steps=100))
     with pytest.raises(UsageError, match="must split evenly over --num_envs=8"):
         run(agent_config("dqn", tmp_path / "dqn", batch_size=100))
+
+
+def test_a_gymnasium_environment_trains_on_the_host_and_records_an_episode(tmp_path):
+    """The same agent on gymnasium's CartPole, stepped on the host from inside the compiled step; then one greedy
+    episode drawn into a GIF."""
+    from PIL import Image
+
+    workdir = tmp_path / "host"
+    result = run(agent_config("ppo", workdir, env="gymnasium:CartPole-v1", env_steps=20_480, eval_episodes=4,
+                              eval_every_steps=20))
+    returns = [r["episode_return"] for r in read_metrics(workdir, "train")]
+    assert returns[-1] > 1.5 * returns[0] and result["evaluation"]["episode_return"] > 40, returns
+    out = run_module("experiments.ppo", f"--workdir={workdir}", "--mode=record")
+    assert out.returncode == 0, out.stderr
+    assert "one greedy episode, return" in out.stdout + out.stderr
+    gif = Image.open(workdir / "episode.gif")
+    assert gif.size == (600, 400) and gif.n_frames > 10, "CartPole's frames, an episode longer than random play's"
+    with pytest.raises(UsageError, match="--parallel=single"):
+        run(agent_config("ppo", tmp_path / "mesh", env="gymnasium:CartPole-v1", parallel="mesh"))
+    with pytest.raises(UsageError, match="gymnasium cannot make it"):
+        run(agent_config("ppo", tmp_path / "nope", env="gymnasium:NoSuchEnv-v0"))

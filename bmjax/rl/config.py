@@ -12,6 +12,7 @@ import bmjax
 from bmjax import console
 from bmjax.config import Config, field
 from bmjax.errors import UsageError
+from bmjax.rl import host_envs
 from bmjax.rl.envs import Environments
 from bmjax.runs import read_run
 from bmjax.train.checkpoint import read_saved
@@ -30,8 +31,10 @@ class AgentConfig(Config):
     discount: float = field(0.99, "Discount of future rewards.")
     eval_episodes: int = field(16, "Episodes the greedy policy plays at each evaluation and in --mode=evaluate.",
                                trains=False)
-    mode: str = field("train", "Train, or play the trained policy of --workdir greedily for --eval_episodes "
-                               "episodes and report the returns.", ("train", "evaluate"), trains=False)
+    mode: str = field("train", "Train; or play the trained policy of --workdir greedily: for --eval_episodes "
+                               "episodes, reporting the returns (evaluate), or one episode of a gymnasium "
+                               "environment, drawn into WORKDIR/episode.gif (record).",
+                      ("train", "evaluate", "record"), trains=False)
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     learning_rate: float = 2.5e-4
@@ -52,12 +55,20 @@ class AgentConfig(Config):
                 raise UsageError(f"--{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.discount <= 1:
             raise UsageError(f"--discount must lie in [0, 1], got {self.discount}")
+        if self.env.startswith(host_envs.PREFIX) and self.num_seeds > 1:
+            raise UsageError(f"--env={self.env} steps on the host, one seed at a time: leave --num_seeds out (run "
+                             "one process per seed)")
         if self.activation not in ("tanh", "relu"):
             raise UsageError(f"--activation={self.activation}: an agent's networks take tanh or relu")
         return self
 
-    def environments(self) -> Environments:
-        return Environments(self.env, self.num_envs)
+    def environments(self, context: Context):
+        """gymnax's `Environments`, or gymnasium's `HostEnvironments` for --env=gymnasium:ID."""
+        if not self.env.startswith(host_envs.PREFIX):
+            return Environments(self.env, self.num_envs)
+        if context.num_shards > 1 or jax.process_count() > 1:
+            raise UsageError(f"--env={self.env} steps on this process's host, for one device: add --parallel=single")
+        return host_envs.HostEnvironments(self.env, self.num_envs)
 
     def network_kwargs(self, envs: Environments) -> dict:
         return dict(num_actions=envs.num_actions, hidden_sizes=self.hidden_sizes, activation=self.activation,
@@ -75,22 +86,30 @@ def main(config: AgentConfig, command: str):
     """An agent experiment's entry point: train (bmjax.run), or --mode=evaluate."""
     if config.mode == "evaluate":
         return evaluate(config, command)
+    if config.mode == "record":
+        return record(config)
     return bmjax.run(config, command)
+
+
+def load_agent(workdir: str):
+    """(the run's config, its agent program, the newest checkpoint's parameters, its step, the seeds) of the agent
+    run in `workdir`; a many-seed run's parameters have a leading seed axis."""
+    run, _, record = read_run(workdir)
+    if not isinstance(run, AgentConfig):
+        raise UsageError(f"--workdir={workdir} holds a run of {record['config_class']}, not an agent")
+    saved, step = read_saved(workdir, ("agent",), flag="--workdir")
+    program = run.build_agent(Context(workdir, None, 1, True))
+    return run, program, saved["agent"]["params"], step, record["seeds"]
 
 
 def evaluate(config: AgentConfig, command: str = "") -> dict:
     """Plays the newest checkpoint's policy in --workdir greedily for --eval_episodes episodes (each seed's, for a
-    many-seed run); writes and returns {"episode_return", its spread, min and max, the returns}."""
-    run, _, record = read_run(config.workdir)
-    if not isinstance(run, AgentConfig):
-        raise UsageError(f"--workdir={config.workdir} holds a run of {record['config_class']}, not an agent")
-    saved, step = read_saved(config.workdir, ("agent",), flag="--workdir")
-    program = run.build_agent(Context(config.workdir, None, 1, True))
+    many-seed run); writes WORKDIR/evaluation.json and returns {"episode_return", its spread, min and max, each
+    seed's mean}."""
+    run, program, params, step, seeds = load_agent(config.workdir)
     play = jax.jit(lambda params, key: program.envs.play(lambda obs: program.greedy_actions(params, obs), key,
                                                            config.eval_episodes))
     key = jax.random.PRNGKey(config.seed)
-    params = saved["agent"]["params"]
-    seeds = record["seeds"]
     each = [play(jax.tree.map(lambda x: x[i], params) if len(seeds) > 1 else params, key) for i in range(len(seeds))]
     returns = np.asarray(each, np.float64)
     report = {"env": run.env, "step": step, "env_steps": step * program.env_steps_per_update,
@@ -105,3 +124,38 @@ def evaluate(config: AgentConfig, command: str = "") -> dict:
                 + (f" of each of {len(seeds)} seeds" if len(seeds) > 1 else "") + f" (min {report['min']:.1f}, "
                 f"max {report['max']:.1f}); wrote {out}")
     return report
+
+
+def record(config: AgentConfig) -> str:
+    """One greedy episode of the newest checkpoint's policy (the first seed's) on a gymnasium environment that
+    draws frames, as an animated GIF in WORKDIR/episode.gif; returns its path."""
+    run, program, params, step, seeds = load_agent(config.workdir)
+    if not run.env.startswith(host_envs.PREFIX):
+        raise UsageError(f"--mode=record draws a gymnasium environment's frames, and {run.env} is gymnax's, which "
+                         f"draws none; train on --env={host_envs.PREFIX}ID to record")
+    import gymnasium as gym
+    from PIL import Image
+
+    for device in ("SDL_AUDIODRIVER", "SDL_VIDEODRIVER"):  # pygame draws off screen: no sound card, no display
+        os.environ.setdefault(device, "dummy")
+    if len(seeds) > 1:
+        params = jax.tree.map(lambda x: x[0], params)
+    try:
+        env = gym.make(run.env.removeprefix(host_envs.PREFIX), render_mode="rgb_array")
+        obs, _ = env.reset(seed=config.seed)
+        frames = [env.render()]
+    except gym.error.DependencyNotInstalled as e:
+        raise UsageError(f"{run.env} cannot draw its frames: {e}") from None
+    greedy = jax.jit(program.greedy_actions)
+    total, done = 0.0, False
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(int(greedy(params, np.asarray(obs, np.float32)[None])[0]))
+        frames.append(env.render())
+        total, done = total + float(reward), terminated or truncated
+    env.close()
+    out = os.path.join(config.workdir, "episode.gif")
+    fps = env.metadata.get("render_fps") or 30
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(out, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    console.say(f"{run.env}, step {step}: one greedy episode, return {total:g} in {len(frames) - 1} steps; wrote {out}")
+    return out

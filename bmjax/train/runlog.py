@@ -16,7 +16,8 @@ from bmjax.config import Config
 METRICS_FILE = "metrics.jsonl"
 SHOWN = ("loss", "accuracy", "exact_match", "macro_f1", "perplexity", "mse", "mae", "r2",
          "episode_return")  # on the console
-PLOTTED = ("loss", "accuracy", "r2", "episode_return", "fd_classifier")  # the first two a run logs go into curves.png
+# curves.png shows the first two of these a run logs.
+PLOTTED = ("loss", "accuracy", "r2", "episode_return", "return_last100", "fd_classifier")
 
 
 class RunLog:
@@ -110,25 +111,28 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def plot_curves(workdir: str, out: Optional[str] = None, title: Optional[str] = None) -> str:
-    """curves.png: training and validation loss and the main metric against steps; for many seeds, their mean
-    with a band of one standard deviation."""
+    """curves.png: training and validation loss and the main metric against steps (an agent's: against
+    environment steps); for many seeds, their mean with a band of one standard deviation."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) stays as it is
 
     records = read_metrics(workdir)
+    # An agent's numbers go against environment steps, which its training logs give for every step it logs at.
+    env_steps = {r["step"]: r["env_steps"] for r in records if r["split"] == "train" and "env_steps" in r}
+    x_of = (lambda step: env_steps[step]) if env_steps else (lambda step: step)
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, name in zip(axes, _plotted(records)):
         for split, style in (("train", "-"), ("validation", "o-"), ("evaluation", "o-")):
-            rows = [r for r in records if r["split"] == split and name in r]
+            rows = [r for r in records if r["split"] == split and name in r and (not env_steps or r["step"] in env_steps)]
             if not rows:
                 continue
-            steps, values = np.array([r["step"] for r in rows]), np.array([r[name] for r in rows])
+            steps, values = np.array([x_of(r["step"]) for r in rows]), np.array([r[name] for r in rows])
             line, = ax.plot(steps, values, style, label=split, markersize=3)
             if all(f"{name}_std" in r for r in rows):
                 spread = np.array([r[f"{name}_std"] for r in rows])
                 ax.fill_between(steps, values - spread, values + spread, color=line.get_color(), alpha=0.2,
                                 linewidth=0)
-        ax.set_xlabel("step")
+        ax.set_xlabel("environment steps" if env_steps else "step")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
