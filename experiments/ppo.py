@@ -23,9 +23,9 @@ from bmjax.rl.ppo import PPO
 PRESETS = {
     "cartpole": dict(env="CartPole-v1"),
     "acrobot": dict(env="Acrobot-v1"),
-    # PureJaxRL's MinAtar settings.
+    # PureJaxRL's MinAtar settings, its frames flattened into the MLP as there.
     "breakout": dict(env="Breakout-MinAtar", num_envs=64, rollout_steps=128, env_steps=10_000_000, minibatches=8,
-                     learning_rate=5e-3, activation="relu", log_every_steps=20),
+                     learning_rate=5e-3, activation="relu", frames="flatten", log_every_steps=20, eval_every_steps=100),
 }
 
 

@@ -135,7 +135,7 @@ def test_rl_notebook_executes(tmp_path, monkeypatch):
     """PPO on CartPole for 4 seeds in one program, its return curves with their spread, the policy played."""
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     monkeypatch.setenv("BMJAX_RL_SEEDS", "4")
-    monkeypatch.setenv("BMJAX_RL_ENV_STEPS", "40960")
+    monkeypatch.setenv("BMJAX_RL_ENV_STEPS", "30720")
     monkeypatch.setenv("BMJAX_RL_WORKDIR", str(tmp_path))
     notebook = nbformat.read(ROOT / "colab" / "rl.ipynb", as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()

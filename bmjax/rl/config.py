@@ -14,6 +14,7 @@ from bmjax.config import Config, field
 from bmjax.errors import UsageError
 from bmjax.rl import host_envs
 from bmjax.rl.envs import Environments
+from bmjax.rl.networks import FRAMES
 from bmjax.runs import read_run
 from bmjax.train.checkpoint import read_saved
 from bmjax.train.program import Context, Plan
@@ -29,6 +30,8 @@ class AgentConfig(Config):
     env_steps: int = field(500_000, "Environment steps of the whole run, over all environments: --train_steps is "
                                     "this over num_envs * rollout_steps, unless given.")
     discount: float = field(0.99, "Discount of future rewards.")
+    frames: str = field("cnn", "How the networks read frames (MinAtar's): a 3x3 convolution first (cnn), or "
+                               "flattened into the dense layers (flatten).", FRAMES)
     eval_episodes: int = field(16, "Episodes the greedy policy plays at each evaluation and in --mode=evaluate.",
                                trains=False)
     mode: str = field("train", "Train; or play the trained policy of --workdir greedily: for --eval_episodes "
@@ -72,7 +75,7 @@ class AgentConfig(Config):
 
     def network_kwargs(self, envs: Environments) -> dict:
         return dict(num_actions=envs.num_actions, hidden_sizes=self.hidden_sizes, activation=self.activation,
-                    frames=len(envs.observation_shape) == 3)
+                    frames=self.frames if len(envs.observation_shape) == 3 else None)
 
     def build_agent(self, context: Context):
         """The experiment's agent program."""

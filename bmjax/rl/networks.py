@@ -1,34 +1,37 @@
-"""The agents' networks: an MLP for vector observations, a small CNN first for frames (MinAtar's 10x10 maps).
+"""The agents' networks: an MLP for vector observations; for frames (MinAtar's 10x10 maps), a small CNN first or
+the frame flattened into the MLP (PureJaxRL's choice for MinAtar).
 
 Weights start orthogonal (gain sqrt 2 in the torso, 0.01 for the policy's logits, 1 for values), as the PPO
 implementations whose numbers bmjax is held to do.
 """
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+FRAMES = ("cnn", "flatten")
 
 
 class Torso(nn.Module):
-    """Dense layers; with `frames`, observations [..., H, W, C] go through a 3x3 convolution of `conv_features`
-    filters and a flatten first."""
+    """Dense layers. Frames [..., H, W, C] (`frames` set) go through a 3x3 convolution of `conv_features` filters
+    first ("cnn") or straight into them ("flatten")."""
 
     hidden_sizes: Sequence[int]
     activation: str = "tanh"
-    frames: bool = False
+    frames: Optional[str] = None
     conv_features: int = 16
 
     @nn.compact
     def __call__(self, obs):
         act = ACTIVATIONS[self.activation]
         x = obs.astype(jnp.float32)
-        if self.frames:
+        if self.frames == "cnn":
             x = act(nn.Conv(self.conv_features, (3, 3), padding="VALID",
                             kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+        if self.frames:
             x = x.reshape(*x.shape[:-3], -1)
         for width in self.hidden_sizes:
             x = act(nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
@@ -41,7 +44,7 @@ class ActorCritic(nn.Module):
     num_actions: int
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
-    frames: bool = False
+    frames: Optional[str] = None
 
     @nn.compact
     def __call__(self, obs, *, train: bool = False):
@@ -58,7 +61,7 @@ class QNetwork(nn.Module):
     num_actions: int
     hidden_sizes: Sequence[int] = (120, 84)
     activation: str = "relu"
-    frames: bool = False
+    frames: Optional[str] = None
 
     @nn.compact
     def __call__(self, obs, *, train: bool = False):
