@@ -184,3 +184,20 @@ def test_a_gymnasium_environment_trains_on_the_host_and_records_an_episode(tmp_p
         run(agent_config("ppo", tmp_path / "mesh", env="gymnasium:CartPole-v1", parallel="mesh"))
     with pytest.raises(UsageError, match="gymnasium cannot make it"):
         run(agent_config("ppo", tmp_path / "nope", env="gymnasium:NoSuchEnv-v0"))
+
+
+@pytest.mark.parametrize("frames", ["cnn", "flatten"])
+def test_networks_read_minatar_frames(frames):
+    from bmjax.rl.envs import Environments
+    from bmjax.rl.networks import ActorCritic, QNetwork
+
+    envs = Environments("Breakout-MinAtar", num_envs=3)
+    obs = envs.reset(jax.random.PRNGKey(0)).obs
+    assert obs.shape == (3, 10, 10, 4)
+    actor_critic = ActorCritic(envs.num_actions, (32,), "relu", frames)
+    params = actor_critic.init(jax.random.PRNGKey(1), obs)
+    logits, value = actor_critic.apply(params, obs)
+    assert logits.shape == (3, envs.num_actions) and value.shape == (3,)
+    assert ("Conv_0" in params["params"]["actor"]) == (frames == "cnn")
+    q = QNetwork(envs.num_actions, (32,), frames=frames)
+    assert q.apply(q.init(jax.random.PRNGKey(2), obs), obs).shape == (3, envs.num_actions)

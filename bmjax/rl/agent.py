@@ -88,9 +88,8 @@ class Agent(Program):
         sums = {name: float(np.sum(value)) for name, value in sums.items()}
         if "return" in sums:  # an evaluation
             mean = sums["return"] / sums["episodes"]
-            return {"episode_return": mean,
-                    "episode_return_spread": float(np.sqrt(max(sums["return_squares"] / sums["episodes"] - mean ** 2,
-                                                               0.0))),
+            spread = float(np.sqrt(max(sums["return_squares"] / sums["episodes"] - mean ** 2, 0.0)))
+            return {"episode_return": mean, "episode_return_spread": spread,
                     "return_last100": sums["recent"] / sums["recent_count"] if sums["recent_count"] else float("nan"),
                     "env_steps": sums["env_steps"]}
         episodes, count = sums.pop("episodes"), sums.pop("count")
