@@ -22,9 +22,9 @@ from bmjax.train.program import Context, Plan
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig(Config):
-    env: str = field("CartPole-v1", "A gymnax environment with discrete actions: CartPole-v1, Acrobot-v1, "
+    env: str = field("CartPole-v1", "A gymnax environment with discrete actions (CartPole-v1, Acrobot-v1, "
                                     "MountainCar-v0, Breakout-MinAtar, SpaceInvaders-MinAtar, Asterix-MinAtar, "
-                                    "Freeway-MinAtar, ...")
+                                    "Freeway-MinAtar, ...), or gymnasium:ID for a gymnasium one stepped on the host.")
     num_envs: int = field(4, "Environments stepped in parallel (split over the devices).")
     rollout_steps: int = field(128, "Steps of every environment per update (train step).")
     env_steps: int = field(500_000, "Environment steps of the whole run, over all environments: --train_steps is "
