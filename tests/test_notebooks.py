@@ -9,18 +9,21 @@ from conftest import ROOT
 from nbclient import NotebookClient
 
 
+def execute(name: str) -> tuple[str, list]:
+    """Runs colab/NAME.ipynb from the repository root: (its code cells' text output, their images)."""
+    notebook = nbformat.read(ROOT / "colab" / f"{name}.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    return "".join(o.get("text", "") for o in outputs), [o for o in outputs if "image/png" in o.get("data", {})]
+
+
 def test_quickstart_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("BMJAX_QUICKSTART_DATASET", "digits")
     monkeypatch.setenv("BMJAX_QUICKSTART_EPOCHS", "3")
     monkeypatch.setenv("BMJAX_QUICKSTART_WORKDIR", str(tmp_path))
-    notebook = nbformat.read(ROOT / "colab" / "quickstart.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-
-    outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                      for o in cell.get("outputs", []))
+    outputs, images = execute("quickstart")
     assert "8 CPU device(s)" in outputs, "pmap ran over every simulated device"
     assert outputs.count("precision    recall  f1-score   support") == 2
-    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 3, "two curve plots and the confusion matrix"
     accuracy = float(outputs.rsplit("CNN ", 1)[1].split()[0])
     assert accuracy > 0.8
@@ -33,17 +36,12 @@ def test_gpt_notebook_executes(shakespeare_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("BMJAX_GPT_DATA_DIR", shakespeare_dir)
     monkeypatch.setenv("BMJAX_GPT_STEPS", "60")
     monkeypatch.setenv("BMJAX_GPT_WORKDIR", str(tmp_path))
-    notebook = nbformat.read(ROOT / "colab" / "gpt.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-
-    outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                      for o in cell.get("outputs", []))
+    outputs, images = execute("gpt")
     assert "'num_layers': 4" in outputs and "'block_size': 64" in outputs, "nanoGPT's CPU setup on a CPU"
     loss = float(outputs.split("validation loss ", 1)[1].split()[0])
     assert loss < 3.3, "60 steps learn the character frequencies at least"
     assert outputs.count("--- sample ") == 2 and "ROMEO:" in outputs
     assert "greedy:  JULIET:" in outputs and "top-p:   JULIET:" in outputs
-    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 1
 
 
@@ -111,11 +109,7 @@ def test_vision_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("BMJAX_VISION_FINETUNE_STEPS", "10")
     monkeypatch.setenv("BMJAX_VISION_WORKDIR", str(tmp_path / "runs"))
     monkeypatch.setenv("BMJAX_VISION_HF_RESNET", str(hf_folder))
-    notebook = nbformat.read(ROOT / "colab" / "vision.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-
-    outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                      for o in cell.get("outputs", []))
+    outputs, images = execute("vision")
     with open(tmp_path / "runs" / "resnet20" / "result.json") as f:
         result = json.load(f)
     assert result["steps"] == 20 and 0 <= result["test"]["accuracy"] <= 1
@@ -127,7 +121,6 @@ def test_vision_notebook_executes(tmp_path, monkeypatch):
     accuracy = float(outputs.split("fine-tuned resnet18 test accuracy ", 1)[1].split()[0])
     with open(tmp_path / "runs" / "finetune" / "result.json") as f:
         assert json.load(f)["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)
-    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 3, "the augmented samples, the curves and the confusion matrix"
 
 
@@ -137,11 +130,7 @@ def test_rl_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("BMJAX_RL_SEEDS", "4")
     monkeypatch.setenv("BMJAX_RL_ENV_STEPS", "30720")
     monkeypatch.setenv("BMJAX_RL_WORKDIR", str(tmp_path))
-    notebook = nbformat.read(ROOT / "colab" / "rl.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-
-    outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                      for o in cell.get("outputs", []))
+    outputs, images = execute("rl")
     with open(tmp_path / "result.json") as f:
         result = json.load(f)
     assert result["seeds"] == [0, 1, 2, 3] and len(result["evaluation"]["seeds"]) == 4
@@ -151,5 +140,4 @@ def test_rl_notebook_executes(tmp_path, monkeypatch):
     assert report["episodes"] == 8 and len(report["seeds"]) == 4
     steps = int(outputs.split("one greedy episode of seed 0: ", 1)[1].split()[0])
     assert 1 <= steps <= 500
-    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2, "the return curves and the played episode"

@@ -21,11 +21,12 @@ PROGRAMS_UNDER_TEST = {
               dict(dataset="digits", train_steps=24, log_every_steps=4, batch_size=64, generator_features=8,
                    discriminator_features=8, latent_dim=16, validation_split=None), "d_loss", "test"),
     "ppo": (ROOT / "experiments" / "ppo.py", "Ppo",
-            dict(num_envs=8, rollout_steps=16, minibatches=2, update_epochs=2, train_steps=12, log_every_steps=3),
+            dict(num_envs=8, rollout_steps=16, minibatches=2, update_epochs=2, train_steps=12, log_every_steps=3,
+                 eval_every_steps=6),
             "episode_return", "evaluation"),
     "dqn": (ROOT / "experiments" / "dqn.py", "Dqn",
             dict(num_envs=8, batch_size=16, buffer_size=64, learning_starts=24, target_every=32, n_step=3, double=True,
-                 train_steps=12, log_every_steps=3), "q_loss", "evaluation"),
+                 train_steps=12, log_every_steps=3, eval_every_steps=6), "q_loss", "evaluation"),
 }
 
 

@@ -114,7 +114,7 @@ class Adversarial(Program):
         self.gradient_penalty, self.r1_gamma, self.critic_steps = gradient_penalty, r1_gamma, critic_steps
         self.ema_decay, self.axis_name = ema_decay, axis_name
         self.classifier, self.train_statistics = classifier, train_statistics
-        self.schedules = schedules or {}
+        self.step_schedules = schedules or {}
         self._pictures = jax.jit(self._generate)
 
     def _total(self, x):
@@ -266,7 +266,7 @@ class Adversarial(Program):
         return out
 
     def schedules(self, step: int) -> dict:
-        return {name: float(schedule(step)) for name, schedule in self.schedules.items()}
+        return {name: float(schedule(step)) for name, schedule in self.step_schedules.items()}
 
     def describe(self, state) -> dict:
         return {"generator_parameters": parameter_count(state.generator.params),

@@ -53,10 +53,10 @@ class Checkpointer:
             raise self._unreadable(step, e) from None
         check_compatible(saved, target, f"{self.directory} (step {step})", "this run's program")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        _quiet_straggling_reads()
         try:
             restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
-            _quiet_straggling_reads()
             raise self._unreadable(step, e) from None
         damaged = check_digests(restored, self.manager.metadata(step).custom_metadata)
         if damaged:
@@ -134,6 +134,7 @@ def read_saved(run_dir: str, keys: Optional[tuple[str, ...]] = None, *, step: Op
         if step is None:
             raise UsageError(f"{flag}={run_dir} holds no checkpoint (looked in {directory}); pass the --workdir of "
                              "a run that saved one")
+        _quiet_straggling_reads()
         try:
             saved = manager.item_metadata(step)
             saved = getattr(saved, "tree", saved)
@@ -147,7 +148,6 @@ def read_saved(run_dir: str, keys: Optional[tuple[str, ...]] = None, *, step: Op
             damaged = check_digests(restored, manager.metadata(step).custom_metadata)
             reason = damaged and f"{damaged} does not match the digest saved with it"
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
-            _quiet_straggling_reads()
             reason = _first_line(e)
         if reason:
             earlier = [s for s in manager.all_steps() if s < step]
@@ -210,10 +210,18 @@ def _merge(theirs, ours, where: str, prefix: str, seeds: Optional[int] = None):
     return {k: _merge(theirs[k], v, where, f"{prefix}/{k}", seeds) if k in theirs else v for k, v in ours.items()}
 
 
+_quieted = False
+
+
 def _quiet_straggling_reads() -> None:
-    """After a failed read, TensorStore's other reads still in flight fail in turn and report it from its own
-    threads: an asyncio loop already closed, an array index it could not read. They repeat the failure just
-    reported; every other error still reaches its hook."""
+    """Once a read fails, TensorStore's other reads still in flight fail in turn and report it from its own
+    threads, even as the failure is being reported: an asyncio loop already closed, an array index it could not
+    read. They repeat that failure, so reads run with them silenced; every other error still reaches its hook."""
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+
     def straggler(error) -> bool:
         text = str(error)
         return text == "Event loop is closed" or text.startswith("Encountered error while reading array index")

@@ -105,7 +105,9 @@ class ManySeeds(Program):
         self.program, self.seeds = program, tuple(seeds)
 
     def init(self, rng):
-        return jax.vmap(self.program.init)(rng)
+        # One compiled program: XLA:CPU can hang running a vmapped call of a compiled function (the parameter
+        # initialisation), and compiling the whole is faster than running it op by op.
+        return jax.jit(jax.vmap(self.program.init))(rng)
 
     def state_axes(self, state):
         one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
