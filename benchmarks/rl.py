@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from benchmarks.runner import cpu_name
+from benchmarks import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 _ENV_STEPS = flags.DEFINE_integer("env_steps", 500_000, "Environment steps of every agent.")

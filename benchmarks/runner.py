@@ -12,7 +12,6 @@ and their ratios; writes benchmarks/runner_results.json.
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 from absl import app, flags
+
+from benchmarks import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_JOB = ["--dataset=digits", "--epochs=40"]
@@ -37,15 +38,6 @@ def timed_run(workdir: Path, *args: str) -> dict:
     result = json.loads((workdir / "result.json").read_text())
     return {"wall": time.time() - began, "train": result["train_seconds"], "compile": result["compile_seconds"],
             "test_accuracy": result["test"]["accuracy"]}
-
-
-def cpu_name() -> str:
-    """The processor's model name (lscpu's), for comparing figures only within one machine."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 def median(runs: list[dict], key: str) -> float:

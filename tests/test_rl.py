@@ -201,3 +201,21 @@ def test_networks_read_minatar_frames(frames):
     assert ("Conv_0" in params["params"]["actor"]) == (frames == "cnn")
     q = QNetwork(envs.num_actions, (32,), frames=frames)
     assert q.apply(q.init(jax.random.PRNGKey(2), obs), obs).shape == (3, envs.num_actions)
+
+
+def test_atari_games_step_on_the_host_through_dqn_s_preprocessing(tmp_path):
+    """ale-py's Breakout as DQN's paper read it (84x84 grey frames, 4 stacked, 4 frames a step) through the
+    Nature network, for a few updates."""
+    pytest.importorskip("ale_py", reason="Atari needs ale-py and OpenCV: pip install -e '.[atari]'")
+    result = run(agent_config("ppo", tmp_path, env="gymnasium:ALE/Breakout-v5", frames="nature", hidden_sizes=(64,),
+                              activation="relu", num_envs=1, rollout_steps=8, minibatches=2, train_steps=2,
+                              log_every_steps=1, eval_episodes=1, eval_max_steps=20))
+    assert result["steps"] == 2 and result["env_steps"] == 16 and result["evaluation"]["episode_return"] >= 0
+    conv = saved_params(tmp_path)["actor"]
+    assert [conv[f"Conv_{i}"]["kernel"].shape for i in range(3)] == [(8, 8, 4, 32), (4, 4, 32, 64), (3, 3, 64, 64)]
+
+
+def saved_params(workdir) -> dict:
+    from bmjax.train.checkpoint import read_saved
+
+    return read_saved(str(workdir), ("agent",))[0]["agent"]["params"]

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+from typing import Optional
 
 import jax
 import numpy as np
@@ -30,10 +31,14 @@ class AgentConfig(Config):
     env_steps: int = field(500_000, "Environment steps of the whole run, over all environments: --train_steps is "
                                     "this over num_envs * rollout_steps, unless given.")
     discount: float = field(0.99, "Discount of future rewards.")
-    frames: str = field("cnn", "How the networks read frames (MinAtar's): a 3x3 convolution first (cnn), or "
-                               "flattened into the dense layers (flatten).", FRAMES)
+    frames: str = field("cnn", "How the networks read frames: a 3x3 convolution first (cnn, for MinAtar's), the "
+                               "DQN paper's three convolutions (nature, for Atari's), or flattened into the dense "
+                               "layers (flatten).", FRAMES)
     eval_episodes: int = field(16, "Episodes the greedy policy plays at each evaluation and in --mode=evaluate.",
                                trains=False)
+    eval_max_steps: Optional[int] = field(None, "The most steps an episode of the greedy policy lasts in evaluations "
+                                                "and recordings (default: the environment's time limit).",
+                                          trains=False)
     mode: str = field("train", "Train; or play the trained policy of --workdir greedily: for --eval_episodes "
                                "episodes, reporting the returns (evaluate), or one episode of a gymnasium "
                                "environment, drawn into WORKDIR/episode.gif (record).",
@@ -53,7 +58,8 @@ class AgentConfig(Config):
                                  f"--rollout_steps = {self.num_envs * self.rollout_steps} steps; raise it")
             return self.replace(train_steps=updates).validate()
         super().validate()
-        for name in ("num_envs", "rollout_steps", "env_steps", "eval_episodes"):
+        for name in ("num_envs", "rollout_steps", "env_steps", "eval_episodes") + (
+                ("eval_max_steps",) if self.eval_max_steps is not None else ()):
             if not getattr(self, name) > 0:
                 raise UsageError(f"--{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.discount <= 1:
@@ -68,10 +74,13 @@ class AgentConfig(Config):
     def environments(self, context: Context):
         """gymnax's `Environments`, or gymnasium's `HostEnvironments` for --env=gymnasium:ID."""
         if not self.env.startswith(host_envs.PREFIX):
-            return Environments(self.env, self.num_envs)
-        if context.num_shards > 1 or jax.process_count() > 1:
+            envs = Environments(self.env, self.num_envs)
+        elif context.num_shards > 1 or jax.process_count() > 1:
             raise UsageError(f"--env={self.env} steps on this process's host, for one device: add --parallel=single")
-        return host_envs.HostEnvironments(self.env, self.num_envs)
+        else:
+            envs = host_envs.HostEnvironments(self.env, self.num_envs)
+        envs.max_episode_steps = min(envs.max_episode_steps, self.eval_max_steps or envs.max_episode_steps)
+        return envs
 
     def network_kwargs(self, envs: Environments) -> dict:
         return dict(num_actions=envs.num_actions, hidden_sizes=self.hidden_sizes, activation=self.activation,
@@ -144,21 +153,22 @@ def record(config: AgentConfig) -> str:
     if len(seeds) > 1:
         params = jax.tree.map(lambda x: x[0], params)
     try:
-        env = gym.make(run.env.removeprefix(host_envs.PREFIX), render_mode="rgb_array")
+        env = host_envs.make_vector(run.env.removeprefix(host_envs.PREFIX), 1, render_mode="rgb_array")
         obs, _ = env.reset(seed=config.seed)
-        frames = [env.render()]
+        frames = [env.render()[0]]
     except gym.error.DependencyNotInstalled as e:
         raise UsageError(f"{run.env} cannot draw its frames: {e}") from None
     greedy = jax.jit(program.greedy_actions)
     total, done = 0.0, False
-    while not done:
-        obs, reward, terminated, truncated, _ = env.step(int(greedy(params, np.asarray(obs, np.float32)[None])[0]))
-        frames.append(env.render())
-        total, done = total + float(reward), terminated or truncated
+    while not done and len(frames) <= program.envs.max_episode_steps:
+        obs, reward, terminated, truncated, _ = env.step(np.asarray(greedy(params, program.envs.read(obs))))
+        total, done = total + float(reward[0]), bool(terminated[0] or truncated[0])
+        if not done:  # the environment has already started its next episode
+            frames.append(env.render()[0])
     env.close()
     out = os.path.join(config.workdir, "episode.gif")
     fps = env.metadata.get("render_fps") or 30
     images = [Image.fromarray(frame) for frame in frames]
     images[0].save(out, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    console.say(f"{run.env}, step {step}: one greedy episode, return {total:g} in {len(frames) - 1} steps; wrote {out}")
+    console.say(f"{run.env}, step {step}: one greedy episode, return {total:g} in {len(frames)} steps; wrote {out}")
     return out

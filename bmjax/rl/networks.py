@@ -12,12 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
-FRAMES = ("cnn", "flatten")
+FRAMES = ("cnn", "flatten", "nature")
 
 
 class Torso(nn.Module):
     """Dense layers. Frames [..., H, W, C] (`frames` set) go through a 3x3 convolution of `conv_features` filters
-    first ("cnn") or straight into them ("flatten")."""
+    first ("cnn"), through the DQN paper's three for Atari's 84x84 frames ("nature": 32 8x8 filters of stride 4,
+    64 4x4 of stride 2, 64 3x3), or straight into them ("flatten")."""
 
     hidden_sizes: Sequence[int]
     activation: str = "tanh"
@@ -28,8 +29,9 @@ class Torso(nn.Module):
     def __call__(self, obs):
         act = ACTIVATIONS[self.activation]
         x = obs.astype(jnp.float32)
-        if self.frames == "cnn":
-            x = act(nn.Conv(self.conv_features, (3, 3), padding="VALID",
+        convolutions = {"cnn": [(self.conv_features, 3, 1)], "nature": [(32, 8, 4), (64, 4, 2), (64, 3, 1)]}
+        for features, size, stride in convolutions.get(self.frames, []):
+            x = act(nn.Conv(features, (size, size), (stride, stride), padding="VALID",
                             kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
         if self.frames:
             x = x.reshape(*x.shape[:-3], -1)
