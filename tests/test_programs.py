@@ -93,8 +93,8 @@ def test_sigkill_and_rerun_is_bitwise_identical(tmp_path, name, classifier):
 @pytest.mark.parametrize("name", ["ppo"])  # the mechanism is the runner's; one program shows it
 def test_many_seeds_in_one_program_are_the_separate_runs(tmp_path, name, classifier):
     metric, split = PROGRAMS_UNDER_TEST[name][3:]
-    many = run(config_of(name, tmp_path / "many", classifier, parallel="mesh", seed=5, num_seeds=4))
-    alone = run(config_of(name, tmp_path / "alone", classifier, parallel="mesh", seed=7))
+    many = run(config_of(name, tmp_path / "many", classifier, parallel="single", seed=5, num_seeds=4))
+    alone = run(config_of(name, tmp_path / "alone", classifier, parallel="single", seed=7))
     assert many["seeds"] == [5, 6, 7, 8]
     records = read_metrics(tmp_path / "many")
     assert all(len(r["seeds"]) == 4 and f"{metric}_std" in r for r in records)

@@ -134,8 +134,11 @@ def agent_config(name, workdir, **overrides):
 
 
 @pytest.mark.parametrize("name", sorted(AGENTS))
-def test_each_agent_learns_cartpole(tmp_path, name):
-    result = run(agent_config(name, tmp_path))
+def test_each_agent_learns_cartpole_and_its_policy_plays_greedily(tmp_path, name):
+    from bmjax.rl.config import evaluate
+
+    config = agent_config(name, tmp_path)
+    result = run(config)
     returns = [r["episode_return"] for r in read_metrics(tmp_path, "train")]
     assert max(returns[-2:]) > 100 and returns[0] < 60, returns  # random play lasts 22 steps
     assert result["evaluation"]["episode_return"] > 100 and result["env_steps"] <= AGENTS[name][2]["env_steps"]
@@ -143,17 +146,15 @@ def test_each_agent_learns_cartpole(tmp_path, name):
     evaluations = read_metrics(tmp_path, "evaluation")
     assert evaluations[-1]["return_last100"] > 60 and evaluations[-1]["env_steps"] == result["env_steps"]
 
+    report = evaluate(config.replace(mode="evaluate", eval_episodes=4, seed=3))  # other environments than training's
+    assert json.loads((tmp_path / "evaluation.json").read_text()) == report
+    assert report["episodes"] == 4 and report["env_steps"] == result["env_steps"] and report["seeds"][0]["seed"] == 0
+    assert 0 < report["min"] <= report["episode_return"] <= report["max"] <= 500
 
-def test_mode_evaluate_plays_the_trained_policy_and_bad_input_is_one_line(tmp_path):
+
+def test_bad_agent_input_is_one_line(tmp_path):
     from test_errors import assert_usage_error
 
-    workdir = tmp_path / "ppo"
-    run(agent_config("ppo", workdir, env_steps=4096, num_seeds=2))
-    out = run_module("experiments.ppo", f"--workdir={workdir}", "--mode=evaluate", "--eval_episodes=4")
-    assert out.returncode == 0, out.stderr
-    report = json.loads((workdir / "evaluation.json").read_text())
-    assert report["episodes"] == 4 and [s["seed"] for s in report["seeds"]] == [0, 1]
-    assert report["min"] <= report["episode_return"] <= report["max"] and report["env_steps"] == 4096
     assert_usage_error(run_module("experiments.ppo", f"--workdir={tmp_path / 'none'}", "--mode=evaluate"),
                        "holds no bmjax run")
     for env, fragment in (("Pendulum-v1", "continuous actions"), ("CartPole", "CartPole-v1, Acrobot-v1")):
@@ -163,6 +164,8 @@ def test_mode_evaluate_plays_the_trained_policy_and_bad_input_is_one_line(tmp_pa
         run(agent_config("ppo", tmp_path / "short", env_steps=100))
     with pytest.raises(UsageError, match="must split evenly over --num_envs=8"):
         run(agent_config("dqn", tmp_path / "dqn", batch_size=100))
+    with pytest.raises(UsageError, match="one seed at a time"):
+        agent_config("ppo", tmp_path / "seeds", env="gymnasium:CartPole-v1", num_seeds=2).validate()
 
 
 def test_a_gymnasium_environment_trains_on_the_host_and_records_an_episode(tmp_path):

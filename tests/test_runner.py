@@ -56,23 +56,17 @@ def test_cadence_flags_never_compile_the_train_step_again(tmp_path):
     assert same(tmp_path / "log7") == same(tmp_path / "log17"), "the same training, whatever the cadence"
 
 
-def test_a_model_declared_in_an_experiment_file_trains_under_every_strategy(tmp_path):
-    """experiments/digits_resnet.py registers a ResNet with BatchNorm: the same losses under single, pmap and mesh
-    (batch statistics over the whole batch), and its running averages saved."""
-    args = ["--train_steps=12", "--log_every_steps=2", "--lr_schedule=constant", "--host_devices=8",
-            "--checkpoint_every_steps=6"]
-    losses = {}
-    for parallel in ("single", "pmap", "mesh"):
-        out = run_module("experiments.digits_resnet", f"--workdir={tmp_path / parallel}", f"--parallel={parallel}",
-                         *args)
-        assert out.returncode == 0, out.stderr
-        losses[parallel] = [r["loss"] for r in read_metrics(tmp_path / parallel)]
-    for parallel in ("pmap", "mesh"):
-        np.testing.assert_allclose(losses[parallel], losses["single"], rtol=1e-5, err_msg=parallel)
-    state = saved_state(tmp_path / "mesh")
+def test_a_model_declared_in_an_experiment_file_trains_and_saves_its_running_averages(tmp_path):
+    """experiments/digits_resnet.py registers a ResNet with BatchNorm, trained on 8 devices under mesh (batch
+    statistics over the whole batch), its running averages saved. The same numbers under single, pmap and mesh,
+    and running averages resuming bitwise after SIGKILL: tests/test_image_classification.py."""
+    out = run_module("experiments.digits_resnet", f"--workdir={tmp_path}", "--parallel=mesh", "--train_steps=12",
+                     "--log_every_steps=2", "--lr_schedule=constant", "--host_devices=8", "--checkpoint_every_steps=6")
+    assert out.returncode == 0, out.stderr
+    assert read_result(tmp_path)["devices"] == 8 and len(read_metrics(tmp_path)) == 6
+    state = saved_state(tmp_path)
     means = [k for k in state if "batch_stats" in k and k.endswith("['mean']")]
     assert means and all(np.abs(state[k]).max() > 0 for k in means), "running averages moved away from 0"
-    # Running averages resuming bitwise after SIGKILL: tests/test_image_classification.py.
 
 
 def test_readme_shows_the_model_declaring_experiment_file_whole():
