@@ -29,12 +29,11 @@ def test_every_zoo_name_is_a_registered_model():
 
 
 # Networks of each family through the runner (tests/test_resnet.py, test_vgg_alexnet.py and
-# test_inception_efficientnet.py take a train step of the others, GoogLeNet's and EfficientNet's among them,
-# and count every one's parameters).
+# test_inception_efficientnet.py take a train step of the others, a pre-activation ResNet-18, GoogLeNet and
+# EfficientNet among them, and count every one's parameters).
 @pytest.mark.parametrize("model, settings", [
     ("alexnet", {"augment": "resized_crop,mixup"}),
     ("vgg11_bn", {}),
-    ("resnet18", {"preactivation": True}),
     ("resnet20", {"augment": "crop,flip,cutmix", "label_smoothing": 0.1}),
 ])
 def test_each_family_trains_on_mock_cifar10(tmp_path, monkeypatch, model, settings):
