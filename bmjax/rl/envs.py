@@ -81,19 +81,8 @@ class Environments:
         action, extras = act(rollout.obs, act_keys)
         obs, env_state, reward, terminated, truncated, info = jax.vmap(
             self.env.step, in_axes=(0, 0, 0, None))(step_keys, rollout.env_state, action, self.params)
-        reward = reward.astype(jnp.float32)
-        done = jnp.logical_or(terminated, truncated)
-        episode_return, episode_length = rollout.episode_return + reward, rollout.episode_length + 1
-        shifted = jnp.concatenate([episode_return[:, None], rollout.recent_returns[:, :-1]], axis=1)
-        transition = dict(obs=rollout.obs, action=action, reward=reward, terminated=terminated, truncated=truncated,
-                          done=done, next_obs=info["final_observation"],
-                          finished_return=jnp.where(done, episode_return, 0.0),
-                          finished_length=jnp.where(done, episode_length, 0.0), **extras)
-        rollout = Rollout(env_state=env_state, obs=obs, keys=keys,
-                          episode_return=jnp.where(done, 0.0, episode_return),
-                          episode_length=jnp.where(done, 0.0, episode_length),
-                          recent_returns=jnp.where(done[:, None], shifted, rollout.recent_returns))
-        return rollout, transition
+        return advance(rollout.replace(env_state=env_state, keys=keys), rollout.obs, action, extras, obs,
+                       info["final_observation"], reward, terminated, truncated)
 
     def run(self, rollout: Rollout, act: Callable, steps: int) -> tuple[Rollout, dict]:
         """`steps` steps of every environment: the transitions stacked [steps, envs, ...]."""
@@ -116,6 +105,22 @@ class Environments:
         carry = (env_state, obs, keys, jnp.zeros(episodes), jnp.ones(episodes, bool))
         (_, _, _, total, _), _ = lax.scan(body, carry, None, self.max_episode_steps)
         return total
+
+
+def advance(rollout: Rollout, seen, action, extras: dict, obs, reached, reward, terminated, truncated):
+    """The rollout after a step from observations `seen` with `action` to `obs` (the next episode's first where
+    one ended; `reached` is where the step went), and the step's transition (see `Environments.step`)."""
+    reward = reward.astype(jnp.float32)
+    done = jnp.logical_or(terminated, truncated)
+    episode_return, episode_length = rollout.episode_return + reward, rollout.episode_length + 1
+    shifted = jnp.concatenate([episode_return[:, None], rollout.recent_returns[:, :-1]], axis=1)
+    transition = dict(obs=seen, action=action, reward=reward, terminated=terminated, truncated=truncated, done=done,
+                      next_obs=reached, finished_return=jnp.where(done, episode_return, 0.0),
+                      finished_length=jnp.where(done, episode_length, 0.0), **extras)
+    rollout = rollout.replace(obs=obs, episode_return=jnp.where(done, 0.0, episode_return),
+                              episode_length=jnp.where(done, 0.0, episode_length),
+                              recent_returns=jnp.where(done[:, None], shifted, rollout.recent_returns))
+    return rollout, transition
 
 
 def split(keys, num: int = 2):

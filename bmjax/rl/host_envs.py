@@ -15,7 +15,7 @@ from jax import lax
 from jax.experimental import io_callback
 
 from bmjax.errors import UsageError
-from bmjax.rl.envs import RECENT_EPISODES, Rollout, split
+from bmjax.rl.envs import RECENT_EPISODES, Rollout, advance, split
 
 PREFIX = "gymnasium:"
 ATARI = "ALE/"  # ale-py's games, preprocessed as DQN's paper did
@@ -106,16 +106,8 @@ class HostEnvironments:
         next_obs, reached, reward, terminated, truncated = io_callback(
             self._step, (self._spec(n, *shape), self._spec(n, *shape), self._spec(n), self._spec(n, dtype=bool),
                          self._spec(n, dtype=bool)), action.astype(jnp.int32), ordered=True)
-        done = terminated | truncated
-        episode_return, episode_length = rollout.episode_return + reward, rollout.episode_length + 1
-        shifted = jnp.concatenate([episode_return[:, None], rollout.recent_returns[:, :-1]], axis=1)
-        transition = dict(obs=obs, action=action, reward=reward, terminated=terminated, truncated=truncated,
-                          done=done, next_obs=reached, finished_return=jnp.where(done, episode_return, 0.0),
-                          finished_length=jnp.where(done, episode_length, 0.0), **extras)
-        rollout = rollout.replace(obs=next_obs, keys=keys, episode_return=jnp.where(done, 0.0, episode_return),
-                                  episode_length=jnp.where(done, 0.0, episode_length),
-                                  recent_returns=jnp.where(done[:, None], shifted, rollout.recent_returns))
-        return rollout, transition
+        return advance(rollout.replace(keys=keys), obs, action, extras, next_obs, reached, reward, terminated,
+                       truncated)
 
     def run(self, rollout: Rollout, act, steps: int):
         return lax.scan(lambda r, _: self.step(r, act), rollout, None, steps)
