@@ -157,6 +157,8 @@ def test_bad_agent_input_is_one_line(tmp_path):
 
     assert_usage_error(run_module("experiments.ppo", f"--workdir={tmp_path / 'none'}", "--mode=evaluate"),
                        "holds no bmjax run")
+    assert_usage_error(run_module("experiments.ppo", f"--workdir={tmp_path / 'zero'}", "--num_envs=0"),
+                       "--num_envs must be positive, got 0")
     for env, fragment in (("Pendulum-v1", "continuous actions"), ("CartPole", "CartPole-v1, Acrobot-v1")):
         with pytest.raises(UsageError, match=fragment):
             run(agent_config("ppo", tmp_path / env, env=env))

@@ -51,6 +51,10 @@ class AgentConfig(Config):
     log_every_steps: int = 10
 
     def validate(self) -> "AgentConfig":
+        for name in ("num_envs", "rollout_steps", "env_steps", "eval_episodes") + (
+                ("eval_max_steps",) if self.eval_max_steps is not None else ()):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.train_steps is None and self.workdir:
             updates = self.env_steps // (self.num_envs * self.rollout_steps)
             if updates < 1:
@@ -58,10 +62,6 @@ class AgentConfig(Config):
                                  f"--rollout_steps = {self.num_envs * self.rollout_steps} steps; raise it")
             return self.replace(train_steps=updates).validate()
         super().validate()
-        for name in ("num_envs", "rollout_steps", "env_steps", "eval_episodes") + (
-                ("eval_max_steps",) if self.eval_max_steps is not None else ()):
-            if not getattr(self, name) > 0:
-                raise UsageError(f"--{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.discount <= 1:
             raise UsageError(f"--discount must lie in [0, 1], got {self.discount}")
         if self.env.startswith(host_envs.PREFIX) and self.num_seeds > 1:
