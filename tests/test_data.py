@@ -139,3 +139,31 @@ def test_bad_names_and_values():
             data.load("iris", validation_split=fraction)
     with pytest.raises(UsageError, match="needs no preparation"):
         data.prepare("iris")
+
+
+def test_a_registered_dataset_is_read_by_name_with_its_experiments_settings():
+    import dataclasses
+
+    from bmjax.config import Config
+    from bmjax.data import registry
+    from bmjax.data.sources import ArraySource, Dataset, DatasetInfo
+
+    @data.register("tests_counting")
+    def counting(spec):
+        n = registry.setting(spec, "examples")
+        split = ArraySource(np.arange(n, dtype=np.float32)[:, None], np.arange(n, dtype=np.int32) % 2)
+        return Dataset(DatasetInfo(spec.name, "classification", (1,), 2, ("even", "odd")), split, None, split)
+
+    @dataclasses.dataclass(frozen=True)
+    class Counting(Config):
+        examples: int = 6
+
+    try:
+        dataset = data.load(data.DataSpec.of(Counting(dataset="tests_counting", examples=4)))
+        assert len(dataset.train) == 4 and dataset.info.class_names == ("even", "odd")
+        with pytest.raises(UsageError, match="needs the setting --examples"):
+            data.load("tests_counting")
+        with pytest.raises(ValueError, match="registered twice"):
+            data.register("tests_counting")(lambda spec: None)
+    finally:
+        registry.REGISTRY.pop("tests_counting")

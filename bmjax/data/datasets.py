@@ -1,11 +1,11 @@
 """`load(spec)`: bmjax's own datasets (no network needed) or any TFDS dataset, split and preprocessed."""
 
 import dataclasses
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
-from bmjax.data import local, preprocess, sst2, text, tfds_source
+from bmjax.data import local, preprocess, registry, sst2, text, tfds_source
 from bmjax.data.local import NAMES
 from bmjax.data.sources import VALIDATION_SEED, ArraySource, Dataset, MappedSource, Source, SubsetSource
 from bmjax.errors import UsageError
@@ -32,6 +32,7 @@ class DataSpec:
     vocab_size: int = 8000  # pieces of a trained subword tokenizer
     image_size: int = 224  # the side images of varying size (ImageNet) are resized and cropped to
     data_workers: Optional[int] = None  # processes decoding those images (None: one per CPU core)
+    config: Any = None  # the run's config, for the settings of a registered dataset (bmjax.data.registry)
 
     @classmethod
     def of(cls, config, **overrides) -> "DataSpec":
@@ -41,7 +42,7 @@ class DataSpec:
                    synthetic_examples=config.synthetic_examples, synthetic_features=config.synthetic_features,
                    synthetic_classes=config.synthetic_classes, block_size=config.block_size, task=config.task,
                    tokenizer=config.tokenizer, vocab_size=config.vocab_size, image_size=config.image_size,
-                   data_workers=config.data_workers or None).replace(**overrides)
+                   data_workers=config.data_workers or None, config=config).replace(**overrides)
 
     def replace(self, **changes) -> "DataSpec":
         return dataclasses.replace(self, **changes)
@@ -65,6 +66,8 @@ def load(spec: Union[DataSpec, str], **options) -> Dataset:
     if validation_split is not None and not 0 < validation_split < 1:
         raise UsageError(f"--validation_split must lie in (0, 1), got {validation_split}; e.g. 0.1 holds out "
                          "a tenth of the training split")
+    if name in registry.REGISTRY:
+        return registry.REGISTRY[name](spec)
     if name in text.TEXT_DATASETS:  # windows of `block_size`; the splits are the corpus's own
         return text.load(name, block_size=spec.block_size, data_dir=data_dir, manual_dir=manual_dir, task=task,
                          tokenizer=tokenizer, vocab_size=spec.vocab_size)
