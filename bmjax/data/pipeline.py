@@ -21,6 +21,15 @@ def train_indices(seed: int, epoch: int, num_examples: int, batch_size: int, fir
     return order[start:start + num_steps * batch_size].reshape(num_steps, batch_size)
 
 
+def stream_indices(num_examples: int, batch_size: int, first_step: int, num_steps: int) -> np.ndarray:
+    """Global example indices [num_steps, batch_size] read in order: the split cut into `batch_size` consecutive
+    streams of num_examples // batch_size examples, row b of step s reading example s of stream b (the
+    examples left over at the end are not read)."""
+    stream_length = num_examples // batch_size
+    steps = np.arange(first_step, first_step + num_steps, dtype=np.int32)
+    return (steps[:, None] + stream_length * np.arange(batch_size, dtype=np.int32)).astype(np.int32)
+
+
 def eval_indices(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and a 0/1 mask [num_batches, batch_size] covering every example once; padding is masked."""
     num_batches = -(-num_examples // batch_size)

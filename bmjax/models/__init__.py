@@ -6,9 +6,9 @@ An experiment file declares a model of its own with `@models.register(name)`, or
 `build_model(io)`.
 """
 
-from bmjax.models.registry import REGISTRY, ModelIO, build, names, register
-from bmjax.models import (alexnet, bert, cnn, efficientnet, gpt, inception, mlp, resnet, t5, vgg,  # noqa: F401
-                          vit)  # (each registers its builders)
+from bmjax.models.registry import CARRY, REGISTRY, ModelIO, build, names, register
+from bmjax.models import (alexnet, bert, cnn, efficientnet, gpt, inception, mlp, resnet, rnn, t5,  # noqa: F401
+                          vgg, vit)  # (each registers its builders)
 from bmjax.models.bert import BertForMaskedLM, BertForSequenceClassification
 from bmjax.models.cnn import SeedCNN
 from bmjax.models.gpt import GPT
@@ -24,5 +24,5 @@ ZOO = ("alexnet",
        "googlenet",
        *(f"efficientnet_b{i}" for i in range(4)))
 
-__all__ = ["REGISTRY", "ZOO", "ModelIO", "build", "names", "register", "BertForMaskedLM", "BertForSequenceClassification",
+__all__ = ["CARRY", "REGISTRY", "ZOO", "ModelIO", "build", "names", "register", "BertForMaskedLM", "BertForSequenceClassification",
            "SeedCNN", "GPT", "MLP", "T5", "ViT"]

@@ -20,6 +20,10 @@ import numpy as np
 from bmjax.errors import UsageError
 
 Builder = Callable[[Any, "ModelIO"], nn.Module]
+# A model's collection of state that belongs to its batch rows (a recurrent state carried from one window to the
+# next): the runner splits it over the devices like the batch and never averages it. Such a model names its
+# rows in a `carry_rows` attribute, and reads row b of each batch as the continuation of row b of the last.
+CARRY = "carry"
 REGISTRY: dict[str, Builder] = {}
 
 

@@ -44,18 +44,24 @@ def run_length(config, dataset) -> tuple[Optional[int], int]:
 
 
 class DataOrder:
-    """The training examples each step reads: a permutation of the split per (seed, epoch), one row of indices
-    per seed when there are several ([steps, seeds, batch]), else [steps, batch]."""
+    """The training examples each step reads: a permutation of the split per (seed, epoch), or, `in_order`, the
+    same consecutive streams every epoch (`pipeline.stream_indices`); one row of indices per seed when there
+    are several ([steps, seeds, batch]), else [steps, batch]."""
 
-    def __init__(self, seeds: tuple[int, ...], num_examples: int, batch_size: int, steps_per_epoch: int):
+    def __init__(self, seeds: tuple[int, ...], num_examples: int, batch_size: int, steps_per_epoch: int,
+                 in_order: bool = False):
         self.seeds, self.num_examples, self.batch_size = seeds, num_examples, batch_size
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.in_order = steps_per_epoch, in_order
 
     def indices(self, first_step: int, num_steps: int) -> np.ndarray:
         epoch = first_step // self.steps_per_epoch
         assert (first_step + num_steps - 1) // self.steps_per_epoch == epoch, "a segment ends at each epoch's end"
-        rows = [pipeline.train_indices(seed, epoch, self.num_examples, self.batch_size,
-                                       first_step - epoch * self.steps_per_epoch, num_steps) for seed in self.seeds]
+        within = first_step - epoch * self.steps_per_epoch
+        if self.in_order:
+            rows = [pipeline.stream_indices(self.num_examples, self.batch_size, within, num_steps)] * len(self.seeds)
+        else:
+            rows = [pipeline.train_indices(seed, epoch, self.num_examples, self.batch_size, within, num_steps)
+                    for seed in self.seeds]
         return rows[0] if len(rows) == 1 else np.stack(rows, axis=1)
 
 
@@ -251,7 +257,7 @@ def create(config, dataset, program, strategy, seeds: tuple[int, ...], steps_per
     shards = strategy.num_shards
     eval_batch_size = max(shards, min(config.eval_batch_size, -(-len(dataset.test) // shards) * shards)
                           // shards * shards)
-    order = DataOrder(seeds, len(dataset.train), config.batch_size, steps_per_epoch)
+    order = DataOrder(seeds, len(dataset.train), config.batch_size, steps_per_epoch, program.reads_in_order)
     splits = [s for s in (dataset.train, dataset.validation, dataset.test) if s is not None]
     in_memory = all(hasattr(s, "device_arrays") for s in splits)
     placement = config.data_placement

@@ -42,6 +42,10 @@ class Context:
 class Program:
     """The interface the loop drives; subclasses override what they use (see the module's docstring)."""
 
+    # Row b of each training batch continues row b of the last (a recurrent state carried across windows): the
+    # training examples are read in order, split into as many consecutive streams as the batch has rows.
+    reads_in_order: bool = False
+
     def init(self, rng) -> Any:
         raise NotImplementedError
 
@@ -119,6 +123,10 @@ class ManySeeds(Program):
 
     def eval_step(self, state, batch):
         return jax.vmap(self.program.eval_step, in_axes=(0, None))(state, batch)
+
+    @property
+    def reads_in_order(self) -> bool:
+        return self.program.reads_in_order
 
     @property
     def evaluates(self) -> bool:

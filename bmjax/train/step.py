@@ -15,6 +15,7 @@ from jax import lax
 
 from bmjax import losses
 from bmjax.data.preprocess import to_float
+from bmjax.models.registry import CARRY
 from bmjax.train.state import TrainState
 
 EVAL_SEED = 0  # tasks that corrupt their input (masked LM) corrupt the same way at every evaluation
@@ -88,7 +89,9 @@ def make_train_step(task, *, l1: float = 0.0, l2: float = 0.0, axis_name: Option
 
         if axis_name:
             grads, weight, sums = lax.psum((grads, weight, sums), axis_name)
-            model_state = lax.pmean(model_state, axis_name)
+            # Batch statistics are averaged over the devices; a state carried per row stays with its rows.
+            model_state = {name: value if name == CARRY else lax.pmean(value, axis_name)
+                           for name, value in model_state.items()}
         grads = jax.tree.map(lambda g: g / weight, grads)
         if l1 or l2:
             penalty = lambda p: l1 * losses.l1_penalty(p) + l2 * losses.l2_penalty(p)

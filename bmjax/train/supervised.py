@@ -1,10 +1,12 @@
 """Supervised learning as a program: a model fitted to a dataset's (x, y) batches by a task's loss and an optax
 optimizer. `build(config, context)` is the default `Config.build_program`."""
 
+import dataclasses
 import os
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import PartitionSpec
@@ -12,9 +14,11 @@ from jax.sharding import PartitionSpec
 from bmjax import console, data, optim, tasks
 from bmjax.data import augment, preprocess
 from bmjax.errors import UsageError
-from bmjax.models import ModelIO
+from bmjax.data.text import WindowSource
+from bmjax.models import CARRY, ModelIO
 from bmjax.train import state as state_lib, step as step_lib
 from bmjax.train.feeds import run_length
+from bmjax.train.strategy import BATCH
 from bmjax.train.program import Context, Plan, Program
 
 TOKENIZER_FILE = "tokenizer"
@@ -26,9 +30,11 @@ class Supervised(Program):
     def __init__(self, model, task, tx: optax.GradientTransformation, example_x, *, schedule: optax.Schedule,
                  count_trainable: Callable = state_lib.parameter_count, l1: float = 0.0, l2: float = 0.0,
                  axis_name=None, grad_accum_steps: int = 1, augment: Optional[Callable] = None,
-                 ema_decay: float = 0.0):
+                 ema_decay: float = 0.0, steps_per_epoch: Optional[int] = None):
         self.model, self.task, self.tx, self.example_x = model, task, tx, example_x
-        self.ema_decay = ema_decay
+        self.ema_decay, self.steps_per_epoch = ema_decay, steps_per_epoch
+        # A model that carries a state from each row's window to the next reads its examples in order.
+        self.reads_in_order = bool(getattr(model, "carry_rows", None))
         self.schedule, self.count_trainable = schedule, count_trainable
         self._train_step = step_lib.make_train_step(task, l1=l1, l2=l2, axis_name=axis_name,
                                                     grad_accum_steps=grad_accum_steps, augment=augment)
@@ -49,11 +55,17 @@ class Supervised(Program):
     def state_axes(self, state):
         named = state_lib.logical_axes(self.model, self.tx, self.example_x)
         replicated = lambda tree: jax.tree.map(lambda _: PartitionSpec(), tree)
-        return state.replace(step=PartitionSpec(), rng=PartitionSpec(), model_state=replicated(state.model_state),
+        model_state = {name: jax.tree.map(lambda _: PartitionSpec(BATCH), value) if name == CARRY else replicated(value)
+                       for name, value in state.model_state.items()}
+        return state.replace(step=PartitionSpec(), rng=PartitionSpec(), model_state=model_state,
                              params=named["params"], opt_state=named["opt_state"],
                              ema_params=None if state.ema_params is None else named["params"])
 
     def train_step(self, state, batch):
+        if CARRY in state.model_state and self.steps_per_epoch:  # each epoch's streams start from zeros
+            fresh = state.step % self.steps_per_epoch == 0
+            carried = jax.tree.map(lambda c: jnp.where(fresh, jnp.zeros_like(c), c), state.model_state[CARRY])
+            state = state.replace(model_state={**state.model_state, CARRY: carried})
         return self._train_step(state, batch)
 
     def eval_step(self, state, batch):
@@ -84,17 +96,32 @@ def build(config, context: Context) -> Plan:
     inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), example_x)
     io = ModelIO(num_outputs=task.num_outputs, vocab_size=dataset.info.vocab_size, inputs=inputs,
                  axis_name=context.axis_name)
-    _, total_steps = run_length(config, dataset)
+    model = config.build_model(io)
+    if getattr(model, "carry_rows", None):
+        dataset = _in_order(dataset, config)
+    steps_per_epoch, total_steps = run_length(config, dataset)
     if config.lr_schedule == "warmup_cosine" and config.warmup_steps >= total_steps:
         console.warn(f"--warmup_steps={config.warmup_steps} is not shorter than the run's {total_steps} steps: the "
                      f"learning rate never reaches --learning_rate={config.learning_rate}")
-    program = Supervised(config.build_model(io), task, optim.create(config, total_steps), example_x,
+    program = Supervised(model, task, optim.create(config, total_steps), example_x,
                          schedule=optim.schedule(config, total_steps),
                          count_trainable=lambda params: optim.trainable_count(config, params),
                          l1=config.l1, l2=config.l2, axis_name=context.axis_name,
                          grad_accum_steps=config.grad_accum_steps, augment=augmentation(config, task, inputs),
-                         ema_decay=config.ema_decay)
+                         ema_decay=config.ema_decay, steps_per_epoch=steps_per_epoch)
     return Plan(program, dataset, io)
+
+
+def _in_order(dataset, config):
+    """The dataset for a model that carries its state from one window to the next: its training text as
+    consecutive non-overlapping windows (each follows the last where the text does)."""
+    if config.grad_accum_steps > 1:
+        raise UsageError(f"a model that carries its state across windows reads whole batches in order; drop "
+                         f"--grad_accum_steps={config.grad_accum_steps}")
+    train = dataset.train
+    if isinstance(train, WindowSource) and train.stride != train.length:
+        dataset = dataclasses.replace(dataset, train=WindowSource(train.tokens, train.length, stride=train.length))
+    return dataset
 
 
 def augmentation(config, task, inputs) -> Optional[augment.Augment]:
