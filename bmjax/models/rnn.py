@@ -95,11 +95,11 @@ class RecurrentStack(nn.Module):
         for layer in range(self.num_layers):
             if layer:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
-            rnn = lambda name, reverse=False: nn.RNN(make_cell(self.cell, self.hidden_size, self.dtype),
-                                                    reverse=reverse, keep_order=True, name=name)
+            # Each cell's parameters sit under its layer's name: layer_0, or forward_0 and backward_0.
+            rnn = lambda name, reverse=False: nn.RNN(make_cell(self.cell, self.hidden_size, self.dtype, name=name),
+                                                    reverse=reverse, keep_order=True)
             if self.bidirectional:
-                layer_rnn = nn.Bidirectional(rnn(f"forward_{layer}"), rnn(f"backward_{layer}", reverse=True),
-                                             name=f"layer_{layer}")
+                layer_rnn = nn.Bidirectional(rnn(f"forward_{layer}"), rnn(f"backward_{layer}", reverse=True))
             else:
                 layer_rnn = rnn(f"layer_{layer}")
             initial = None if initial_carries is None else initial_carries[layer]
