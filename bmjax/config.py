@@ -241,6 +241,13 @@ class Config:
         by default. Override it to build a model from the experiment's own fields."""
         return models.build(self.model, self, io)
 
+    def build_task(self, dataset):
+        """The loss and metrics supervised learning scores the model by (a `bmjax.tasks` task): --task's for the
+        dataset by default. Override it for a task of the experiment's own (a recommender's, say)."""
+        from bmjax import tasks
+
+        return tasks.create(self.task, dataset, mask_rate=self.mask_rate)
+
     def build_program(self, context):
         """What this experiment runs (a `bmjax.train.program.Plan`): supervised learning of `build_model`'s
         model on --dataset by default. Override it for another kind of training (two networks, an agent)."""

@@ -91,7 +91,7 @@ def build(config, context: Context) -> Plan:
         raise UsageError(f"--batch_size={config.batch_size} does not split into --grad_accum_steps="
                          f"{config.grad_accum_steps} micro-batches on each of {context.num_shards} devices; use a "
                          f"multiple of {context.num_shards * config.grad_accum_steps}")
-    task = tasks.create(config.task, dataset, mask_rate=config.mask_rate)
+    task = config.build_task(dataset)
     example_x = preprocess.to_float(dataset.train[np.arange(1)]["x"])
     inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), example_x)
     io = ModelIO(num_outputs=task.num_outputs, vocab_size=dataset.info.vocab_size, inputs=inputs,
