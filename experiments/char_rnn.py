@@ -16,7 +16,7 @@ from typing import Optional
 import bmjax
 from bmjax import cli, sampling
 from bmjax.config import Config, field
-from bmjax.models.rnn import CELLS
+from bmjax.models.rnn import CELLS, INITS
 from bmjax.sampling import TextSampling
 
 PRESETS = {
@@ -35,6 +35,8 @@ class CharRnn(TextSampling, Config):
     cell: str = field("lstm", "Recurrent cell.", CELLS)
     hidden_size: int = field(512, "Width of each recurrent layer.")
     num_layers: int = field(2, "Recurrent layers.")
+    rnn_init: str = field("flax", "Initialisation of the recurrent cells: flax's (LeCun normal inputs, orthogonal "
+                                "recurrence, zero biases) or torch's (all ~ U(+-1/sqrt(hidden_size))).", INITS)
     embed_dim: int = field(64, "Width of the character embeddings.")
     carry_state: bool = field(True, "Start each training window from the state the row's last window left "
                                     "(truncated backpropagation through time); else from zeros.")

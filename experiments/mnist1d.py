@@ -5,7 +5,8 @@
     python -m experiments.mnist1d --workdir=runs/mnist1d_cnn_shuffled --preset=cnn --dataset=mnist1d_shuffled
 
 The models and recipe are the paper's (its notebook's `MLPBase`, `ConvBase`, `GRUBase`: Adam 1e-2, batch 100,
-6000 steps); the data is generated locally with the mnist1d package's defaults (4000 train, 1000 test).
+6000 steps; the GRU initialised as PyTorch does, `--rnn_init=torch`); the data is generated locally with the
+mnist1d package's defaults (4000 train, 1000 test), the same arrays as the paper's pickle.
 """
 
 import dataclasses
@@ -16,7 +17,7 @@ import numpy as np
 from bmjax import cli, data, models
 from bmjax.config import Config, field
 from bmjax.data.sources import ArraySource
-from bmjax.models.rnn import CELLS, POOLINGS
+from bmjax.models.rnn import CELLS, INITS, POOLINGS
 
 SHUFFLE_SEED = 42  # the paper's permutation: np.random.seed(42); np.random.permutation(40)
 
@@ -86,6 +87,8 @@ class Mnist1d(Config):
     channels: int = field(25, "Channels of each convolution of mnist1d_cnn.")
     cell: str = field("gru", "Recurrent cell of --model=rnn.", CELLS)
     num_layers: int = field(1, "Recurrent layers.")
+    rnn_init: str = field("torch", "Initialisation of the recurrent cells: flax's (LeCun normal inputs, orthogonal "
+                                "recurrence, zero biases) or torch's (all ~ U(+-1/sqrt(hidden_size))).", INITS)
     bidirectional: bool = field(True, "Read each signal in both directions.")
     pooling: str = field("flatten", "What the classifier reads of the recurrent outputs: the last state, their "
                                     "mean or max over time, or all of them.", POOLINGS)

@@ -13,7 +13,7 @@ from typing import Optional
 
 from bmjax import cli
 from bmjax.config import Config, field
-from bmjax.models.rnn import CELLS, POOLINGS
+from bmjax.models.rnn import CELLS, INITS, POOLINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,8 @@ class Sst2Rnn(Config):
     cell: str = field("lstm", "Recurrent cell.", CELLS)
     hidden_size: int = field(128, "Width of each direction of each recurrent layer.")
     num_layers: int = field(1, "Recurrent layers.")
+    rnn_init: str = field("flax", "Initialisation of the recurrent cells: flax's (LeCun normal inputs, orthogonal "
+                                "recurrence, zero biases) or torch's (all ~ U(+-1/sqrt(hidden_size))).", INITS)
     bidirectional: bool = field(True, "Read each sentence in both directions.")
     pooling: str = field("max", "What the classifier reads of the recurrent outputs.", POOLINGS)
     embed_dim: int = field(128, "Width of the learnt word-piece embeddings.")

@@ -31,7 +31,14 @@ def test_the_elman_cell_is_the_seeds_formula():
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_torch_initialisation_draws_every_weight_and_bias_within_its_bound(cell):
+    stack = RecurrentStack(cell, 9, cell_init="torch")
+    params = jax.tree.leaves(stack.init(jax.random.PRNGKey(0), jnp.ones((2, 3, 4)))["params"])
+    assert all(np.abs(p).max() <= 1 / 3 for p in params)
+    assert all(np.abs(p).max() > 0.25 for p in params), "biases too are drawn, not zero"
+
+
+@pytest.mark.parametrize("cell, pooling", [("elman", "last"), ("lstm", "mean"), ("gru", "max")])
 def test_padding_changes_nothing(cell, pooling):
     model = RecurrentClassifier(3, cell=cell, hidden_size=5, num_layers=2, bidirectional=True, pooling=pooling,
                                 vocab_size=12, embed_dim=4)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from bmjax.models.registry import CARRY, ModelIO, register
 
 CELLS = ("elman", "lstm", "gru")
+INITS = ("flax", "torch")  # flax: LeCun normal inputs, orthogonal recurrence, zero biases; torch: PyTorch's
 POOLINGS = ("last", "mean", "max", "flatten")
 partitioned = nn.with_logical_partitioning
 
@@ -33,6 +34,7 @@ class ElmanCell(nn.RNNCellBase):
     features: int
     kernel_init: Any = nn.initializers.lecun_normal()
     recurrent_kernel_init: Any = nn.initializers.orthogonal()
+    bias_init: Any = nn.initializers.zeros
     dtype: Optional[Any] = None
     param_dtype: Any = jnp.float32
 
@@ -40,7 +42,7 @@ class ElmanCell(nn.RNNCellBase):
     def __call__(self, h, x):
         w_xh = self.param("W_xh", self.kernel_init, (self.features, x.shape[-1]), self.param_dtype)
         w_hh = self.param("W_hh", self.recurrent_kernel_init, (self.features, self.features), self.param_dtype)
-        b_h = self.param("b_h", nn.initializers.zeros, (self.features,), self.param_dtype)
+        b_h = self.param("b_h", self.bias_init, (self.features,), self.param_dtype)
         dtype = self.dtype or x.dtype
         h = jnp.tanh(h.astype(dtype) @ w_hh.T.astype(dtype) + x @ w_xh.T.astype(dtype) + b_h.astype(dtype))
         return h, h
@@ -54,13 +56,25 @@ class ElmanCell(nn.RNNCellBase):
         return 1
 
 
-def make_cell(kind: str, features: int, dtype, name: Optional[str] = None) -> nn.RNNCellBase:
+def torch_uniform(features: int):
+    """PyTorch's initialisation of its recurrent layers: every weight and bias ~ U(-1/sqrt(features), +)."""
+    bound = features ** -0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def make_cell(kind: str, features: int, dtype, name: Optional[str] = None, init: str = "flax") -> nn.RNNCellBase:
+    if init not in INITS:
+        raise ValueError(f"unknown initialisation {init!r}; choose one of {', '.join(INITS)}")
+    inits = {}
+    if init == "torch":
+        inits = dict(kernel_init=torch_uniform(features), recurrent_kernel_init=torch_uniform(features),
+                     bias_init=torch_uniform(features))
     if kind == "elman":
-        return ElmanCell(features, dtype=dtype, name=name)
+        return ElmanCell(features, dtype=dtype, name=name, **inits)
     if kind == "lstm":  # one matrix product for the four gates
-        return nn.OptimizedLSTMCell(features, dtype=dtype, name=name)
+        return nn.OptimizedLSTMCell(features, dtype=dtype, name=name, **inits)
     if kind == "gru":
-        return nn.GRUCell(features, dtype=dtype, name=name)
+        return nn.GRUCell(features, dtype=dtype, name=name, **inits)
     raise ValueError(f"unknown cell {kind!r}; choose one of {', '.join(CELLS)}")
 
 
@@ -88,6 +102,7 @@ class RecurrentStack(nn.Module):
     bidirectional: bool = False
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    cell_init: str = "flax"  # see INITS
 
     @nn.compact
     def __call__(self, x, *, lengths=None, initial_carries=None, train: bool = False):
@@ -96,8 +111,9 @@ class RecurrentStack(nn.Module):
             if layer:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
             # Each cell's parameters sit under its layer's name: layer_0, or forward_0 and backward_0.
-            rnn = lambda name, reverse=False: nn.RNN(make_cell(self.cell, self.hidden_size, self.dtype, name=name),
-                                                    reverse=reverse, keep_order=True)
+            rnn = lambda name, reverse=False: nn.RNN(
+                make_cell(self.cell, self.hidden_size, self.dtype, name=name, init=self.cell_init), reverse=reverse,
+                keep_order=True)
             if self.bidirectional:
                 layer_rnn = nn.Bidirectional(rnn(f"forward_{layer}"), rnn(f"backward_{layer}", reverse=True))
             else:
@@ -129,6 +145,7 @@ class RecurrentClassifier(nn.Module):
     embed_dim: int = 128
     pad_id: int = 0
     dtype: Any = jnp.float32
+    cell_init: str = "flax"  # see INITS
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
@@ -141,9 +158,9 @@ class RecurrentClassifier(nn.Module):
             x = x[..., None] if x.ndim == 2 else x  # a scalar per step
             valid = jnp.ones(x.shape[:2], bool)
         lengths = valid.sum(axis=1)
-        outputs, finals = RecurrentStack(self.cell, self.hidden_size, self.num_layers, self.bidirectional,
-                                         self.dropout, self.dtype, name="rnn")(x.astype(self.dtype), lengths=lengths,
-                                                                               train=train)
+        stack = RecurrentStack(self.cell, self.hidden_size, self.num_layers, self.bidirectional, self.dropout,
+                               self.dtype, self.cell_init, name="rnn")
+        outputs, finals = stack(x.astype(self.dtype), lengths=lengths, train=train)
         mask = valid[..., None]
         if self.pooling == "last":
             last = finals[-1]
@@ -179,6 +196,7 @@ class RecurrentLM(nn.Module):
     carry_rows: Optional[int] = None
     decode: bool = False
     dtype: Any = jnp.float32
+    cell_init: str = "flax"  # see INITS
 
     @nn.compact
     def __call__(self, tokens, *, train: bool = False):
@@ -197,7 +215,7 @@ class RecurrentLM(nn.Module):
                      embedding_init=partitioned(nn.initializers.normal(0.1), ("vocab", "embed")))(tokens)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         outputs, finals = RecurrentStack(self.cell, self.hidden_size, self.num_layers, dropout=self.dropout,
-                                         dtype=self.dtype, name="rnn")(
+                                         dtype=self.dtype, cell_init=self.cell_init, name="rnn")(
             x, initial_carries=state.value if carried else zeros(rows), train=train)
         if carried and not self.is_initializing():
             state.value = jax.lax.stop_gradient(jax.tree.map(lambda c: c.astype(jnp.float32), finals))
@@ -209,8 +227,9 @@ class RecurrentLM(nn.Module):
 def _check(config) -> None:
     from bmjax.errors import UsageError
 
-    if config.cell not in CELLS:
-        raise UsageError(f"--cell={config.cell} is not one of: {', '.join(CELLS)}")
+    if config.cell not in CELLS or config.rnn_init not in INITS:
+        raise UsageError(f"--cell={config.cell} or --rnn_init={config.rnn_init} is not one of: {', '.join(CELLS)}; "
+                         f"{', '.join(INITS)}")
     if config.hidden_size < 1 or config.num_layers < 1:
         raise UsageError(f"--hidden_size and --num_layers must be positive, got {config.hidden_size} and "
                          f"{config.num_layers}")
@@ -218,7 +237,8 @@ def _check(config) -> None:
 
 @register("rnn")
 def rnn_classifier(config, io: ModelIO) -> RecurrentClassifier:
-    """A recurrent classifier: --cell, --hidden_size, --num_layers, --bidirectional, --pooling, --embed_dim."""
+    """A recurrent classifier: --cell, --hidden_size, --num_layers, --bidirectional, --pooling, --embed_dim,
+    --rnn_init."""
     from bmjax.errors import UsageError
 
     _check(config)
@@ -227,15 +247,15 @@ def rnn_classifier(config, io: ModelIO) -> RecurrentClassifier:
     return RecurrentClassifier(num_outputs=io.num_outputs, cell=config.cell, hidden_size=config.hidden_size,
                                num_layers=config.num_layers, bidirectional=config.bidirectional,
                                dropout=config.dropout, pooling=config.pooling, vocab_size=io.vocab_size,
-                               embed_dim=config.embed_dim, dtype=config.compute_dtype)
+                               embed_dim=config.embed_dim, dtype=config.compute_dtype, cell_init=config.rnn_init)
 
 
 @register("rnn_lm")
 def rnn_lm(config, io: ModelIO) -> RecurrentLM:
-    """A recurrent language model: --cell, --hidden_size, --num_layers, --embed_dim; --carry_state keeps each
-    training row's state across consecutive windows."""
+    """A recurrent language model: --cell, --hidden_size, --num_layers, --embed_dim, --rnn_init; --carry_state
+    keeps each training row's state across consecutive windows."""
     _check(config)
     return RecurrentLM(vocab_size=io.vocab_size or io.num_outputs, cell=config.cell, hidden_size=config.hidden_size,
                        num_layers=config.num_layers, embed_dim=config.embed_dim, dropout=config.dropout,
                        block_size=config.block_size, carry_rows=config.batch_size if config.carry_state else None,
-                       dtype=config.compute_dtype)
+                       dtype=config.compute_dtype, cell_init=config.rnn_init)
