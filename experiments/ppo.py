@@ -60,7 +60,8 @@ class Ppo(rl_config.AgentConfig):
         learning_rate = optim.schedule(self, self.train_steps * updates)
         return PPO(envs, ActorCritic(**self.network_kwargs(envs)), optim.create(self, self.train_steps * updates),
                    self.rollout_steps, self.eval_episodes,
-                   schedules={"learning_rate": lambda step: learning_rate(step * updates)}, axis_name=context.axis_name, discount=self.discount, entropy_bonus=self.entropy_bonus,
+                   schedules={"learning_rate": lambda step: learning_rate(step * updates)},
+                   axis_name=context.axis_name, discount=self.discount, entropy_bonus=self.entropy_bonus,
                    value_coef=self.value_coef, gae_lambda=self.gae_lambda, clip=self.clip,
                    clip_values=self.clip_values, epochs=self.update_epochs, minibatches=self.minibatches,
                    normalize_advantages=self.normalize_advantages)
