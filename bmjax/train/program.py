@@ -109,8 +109,8 @@ class ManySeeds(Program):
         self.program, self.seeds = program, tuple(seeds)
 
     def init(self, rng):
-        # One compiled program: XLA:CPU can hang running a vmapped call of a compiled function (the parameter
-        # initialisation), and compiling the whole is faster than running it op by op.
+        # One compiled program: XLA:CPU can hang running op by op on the seeds' arrays (the parameter
+        # initialisation, slicing out one seed), and compiling the whole is faster.
         return jax.jit(jax.vmap(self.program.init))(rng)
 
     def state_axes(self, state):
@@ -155,7 +155,8 @@ class ManySeeds(Program):
         return self.program.schedules(step)
 
     def describe(self, state) -> dict:
-        return {**self.program.describe(jax.tree.map(lambda x: x[0], state)), "seeds": list(self.seeds)}
+        first = jax.jit(lambda state: jax.tree.map(lambda x: x[0], state))(state)  # compiled, as init is
+        return {**self.program.describe(first), "seeds": list(self.seeds)}
 
 
 def seed_keys(seeds: tuple[int, ...]):
