@@ -109,9 +109,10 @@ class ManySeeds(Program):
         self.program, self.seeds = program, tuple(seeds)
 
     def init(self, rng):
-        # One compiled program: XLA:CPU can hang running op by op on the seeds' arrays (the parameter
-        # initialisation, slicing out one seed), and compiling the whole is faster.
-        return jax.jit(jax.vmap(self.program.init))(rng)
+        # Each seed's state from one compiled initialisation, stacked: under vmap, XLA:CPU can take minutes over
+        # (or hang in) what takes a second per seed (a bidirectional LSTM's, say).
+        one = jax.jit(self.program.init)
+        return jax.tree.map(lambda *seeds: jnp.stack(seeds), *[one(key) for key in rng])
 
     def state_axes(self, state):
         one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
