@@ -48,7 +48,7 @@ def test_gpt_notebook_executes(shakespeare_dir, tmp_path, monkeypatch):
 def install_cell():
     """The notebooks' first code cell, the same in each."""
     cells = {nbformat.read(ROOT / "colab" / name, as_version=4).cells[1].source
-             for name in ("quickstart.ipynb", "gpt.ipynb", "rl.ipynb")}
+             for name in ("quickstart.ipynb", "gpt.ipynb", "rl.ipynb", "sequences.ipynb")}
     assert len(cells) == 1, "the notebooks install bmjax alike"
     return cells.pop()
 
@@ -141,3 +141,28 @@ def test_rl_notebook_executes(tmp_path, monkeypatch):
     steps = int(outputs.split("one greedy episode of seed 0: ", 1)[1].split()[0])
     assert 1 <= steps <= 500
     assert len(images) == 2, "the return curves and the played episode"
+
+
+def test_sequences_notebook_executes(tmp_path, monkeypatch):
+    """MNIST-1D's three models in order and shuffled, a spoken-digit classifier and a WaveNet sample played, at a
+    few steps, on FSDD's genuine recordings."""
+    from conftest import SHARED_DATA
+
+    fsdd = SHARED_DATA / "fsdd"
+    if not fsdd.is_dir():
+        pytest.skip(f"the genuine FSDD recordings are not in {fsdd}")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, as the notebook's runs use
+    monkeypatch.setenv("BMJAX_SEQ_WORKDIR", str(tmp_path))
+    monkeypatch.setenv("BMJAX_FSDD_DIR", str(fsdd))
+    monkeypatch.setenv("BMJAX_SEQ_MNIST1D_STEPS", "100")
+    monkeypatch.setenv("BMJAX_SEQ_CLASSIFIER_EPOCHS", "1")
+    monkeypatch.setenv("BMJAX_SEQ_WAVENET_STEPS", "2")
+    outputs, images = execute("sequences")
+    for name in ("mlp", "cnn", "gru"):
+        for dataset in ("mnist1d", "mnist1d_shuffled"):
+            assert f"{name} on {dataset}: test accuracy" in outputs
+    gru = float(outputs.split("gru on mnist1d: test accuracy ", 1)[1].split()[0])
+    assert gru > 0.3, "100 steps of the GRU learn more than chance"
+    assert "precision    recall  f1-score   support" in outputs and "bits per test sample" in outputs
+    assert "the classifier hears: [" in outputs
+    assert len(images) == 2 and (tmp_path / "wavenet" / "samples" / "samples.json").exists()

@@ -50,13 +50,15 @@ def _unknown(name: str) -> UsageError:
     import tensorflow_datasets as tfds
 
     from bmjax.data.local import NAMES
+    from bmjax.data.registry import REGISTRY
     from bmjax.data.sst2 import NAME as SST2
     from bmjax.data.text import TEXT_DATASETS
 
-    known = list(NAMES) + list(TEXT_DATASETS) + [SST2] + tfds.list_builders()
+    own = list(NAMES) + sorted(REGISTRY)
+    known = own + list(TEXT_DATASETS) + [SST2] + tfds.list_builders()
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
-    return UsageError(f"unknown dataset {name!r}; {hint}choose one of bmjax's ({', '.join(NAMES)}) or any TFDS "
+    return UsageError(f"unknown dataset {name!r}; {hint}choose one of bmjax's ({', '.join(own)}) or any TFDS "
                       "dataset name (tfds.list_builders())")
 
 
