@@ -21,7 +21,7 @@ def assert_usage_error(out, *fragments):
 
 @pytest.mark.parametrize("flags, fragments", [
     (["--dataset=no_such_set"], ["unknown dataset 'no_such_set'", "digits", "TFDS"]),
-    (["--model=no_such_model"], ["unknown model 'no_such_model'", "cnn, efficientnet_b0", "gpt, mlp, resnet18"]),
+    (["--model=no_such_model"], ["unknown model 'no_such_model'", "cnn, efficientnet_b0", "resnet18, resnet20"]),
     (["--optimizer=lion2"], ["--optimizer=lion2", "adam", "adamw", "sgd"]),
     (["--batch_size=0"], ["--batch_size must be positive, got 0"]),
     (["--epochs=-1"], ["--epochs must be positive, got -1"]),

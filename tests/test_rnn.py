@@ -146,7 +146,8 @@ def test_char_rnn_trains_and_samples(tmp_path, shakespeare_dir):
     workdir = tmp_path / "char_rnn"
     common = [f"--workdir={workdir}", f"--data_dir={shakespeare_dir}"]
     out = run_module("experiments.char_rnn", *common, "--hidden_size=32", "--num_layers=1", "--block_size=32",
-                     "--batch_size=16", "--train_steps=40", "--eval_every_steps=40", "--log_every_steps=20")
+                     "--batch_size=16", "--train_steps=40", "--eval_every_steps=40", "--log_every_steps=20",
+                     "--learning_rate=1e-2", "--parallel=single")
     assert out.returncode == 0, out.stderr
     result = read_result(workdir)
     assert result["validation"]["loss"] < np.log(65) - 0.5, "learns beyond a uniform guess over the characters"
@@ -169,7 +170,7 @@ def test_mnist1d_models_and_the_shuffled_set(tmp_path):
     assert read_result(tmp_path / "gru")["test"]["accuracy"] > 0.3
     for preset in ("cnn", "mlp"):
         config = Mnist1d(workdir=str(tmp_path / preset), data_dir=str(tmp_path), train_steps=150,
-                         eval_every_steps=150, **PRESETS[preset])
+                         eval_every_steps=150, parallel="single", **PRESETS[preset])
         assert run(config)["test"]["accuracy"] > 0.3, preset
 
 
@@ -182,7 +183,7 @@ def test_sst2_rnn_end_to_end(tmp_path):
     workdir = tmp_path / "sst2"
     out = run_module("experiments.sst2_rnn", f"--workdir={workdir}", f"--manual_dir={sst2}", "--train_steps=60",
                      "--hidden_size=16", "--embed_dim=16", "--vocab_size=500", "--log_every_steps=30",
-                     "--eval_every_steps=60")
+                     "--eval_every_steps=60", "--learning_rate=1e-2", "--dropout=0.1")
     assert out.returncode == 0, out.stderr
     result = read_result(workdir)
     assert result["test"]["accuracy"] > 0.55
