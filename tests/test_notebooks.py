@@ -155,7 +155,8 @@ def test_sequences_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("BMJAX_SEQ_WORKDIR", str(tmp_path))
     monkeypatch.setenv("BMJAX_FSDD_DIR", str(fsdd))
     monkeypatch.setenv("BMJAX_SEQ_MNIST1D_STEPS", "100")
-    monkeypatch.setenv("BMJAX_SEQ_CLASSIFIER_EPOCHS", "1")
+    monkeypatch.setenv("BMJAX_SEQ_CLASSIFIER_STEPS", "4")
+    monkeypatch.setenv("BMJAX_SEQ_SAMPLE_SECONDS", "0.1")
     monkeypatch.setenv("BMJAX_SEQ_WAVENET_STEPS", "2")
     outputs, images = execute("sequences")
     for name in ("mlp", "cnn", "gru"):
