@@ -217,14 +217,7 @@ def fsdd_mu_law(spec) -> Dataset:
     setting = lambda name: data.registry.setting(spec, name)
     rate, speakers = setting("sample_rate"), setting("speaker_names")
     window, context = setting("window"), setting("receptive_field") - 1
-    if spec.manual_dir:
-        splits = audio.read_fsdd(spec.manual_dir, rate)
-    else:
-        splits = audio.read_spoken_digit(spec.data_dir)
-        if rate != audio.FSDD_SAMPLE_RATE:
-            splits = {s: dataclasses.replace(c, waveforms=tuple(audio.resample(w, c.sample_rate, rate)
-                                                               for w in c.waveforms), sample_rate=rate)
-                      for s, c in splits.items()}
+    splits = audio.load_fsdd(spec.manual_dir, spec.data_dir, rate)
     if spec.validation_split is not None:
         train = splits["train"]
         order = np.random.default_rng(VALIDATION_SEED).permutation(len(train))

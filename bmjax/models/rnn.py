@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bmjax.errors import UsageError
 from bmjax.models.registry import CARRY, ModelIO, register
 
 CELLS = ("elman", "lstm", "gru")
@@ -225,8 +226,6 @@ class RecurrentLM(nn.Module):
 
 
 def _check(config) -> None:
-    from bmjax.errors import UsageError
-
     if config.cell not in CELLS or config.rnn_init not in INITS:
         raise UsageError(f"--cell={config.cell} or --rnn_init={config.rnn_init} is not one of: {', '.join(CELLS)}; "
                          f"{', '.join(INITS)}")
@@ -239,8 +238,6 @@ def _check(config) -> None:
 def rnn_classifier(config, io: ModelIO) -> RecurrentClassifier:
     """A recurrent classifier: --cell, --hidden_size, --num_layers, --bidirectional, --pooling, --embed_dim,
     --rnn_init."""
-    from bmjax.errors import UsageError
-
     _check(config)
     if config.pooling not in POOLINGS:
         raise UsageError(f"--pooling={config.pooling} is not one of: {', '.join(POOLINGS)}")
