@@ -21,7 +21,10 @@ from bmjax.errors import UsageError, exit_on_usage_error
 GROUPS = {
     "run": ("workdir", "seed", "num_seeds", "train_steps", "epochs", "log_every_steps", "eval_every_steps",
             "checkpoint_every_steps", "keep_checkpoints", "restore_from", "reinit", "restore_step", "extend",
-            "early_stopping_patience", "early_stopping_metric", "early_stopping_min_delta"),
+            "early_stopping_patience", "early_stopping_metric", "early_stopping_min_delta",
+            "reduce_on_plateau_patience", "reduce_on_plateau_factor", "reduce_on_plateau_cooldown",
+            "reduce_on_plateau_metric", "reduce_on_plateau_rtol", "reduce_on_plateau_min_scale", "members",
+            "summary"),
     "data": ("dataset", "data_dir", "manual_dir", "validation_split", "normalize", "image_size", "data_workers",
              "block_size", "tokenizer", "vocab_size", "mask_rate", "synthetic_examples", "synthetic_features",
              "synthetic_classes"),
@@ -30,7 +33,10 @@ GROUPS = {
               "conv_padding", "dtype", "remat"),
     "optimisation": ("batch_size", "grad_accum_steps", "eval_batch_size", "optimizer", "learning_rate",
                      "lr_schedule", "warmup_steps", "min_learning_rate", "lr_decay_steps", "lr_decay_factor",
-                     "momentum", "nesterov", "b2", "optimizer_eps", "weight_decay", "clip_grad_norm", "ema_decay", "l1", "l2", "freeze"),
+                     "momentum", "nesterov", "b2", "optimizer_eps", "weight_decay", "clip_grad_norm", "ema_decay",
+                     "l1", "l2", "freeze"),
+    "compression": ("prune", "prune_sparsity", "prune_start_step", "prune_end_step", "prune_every_steps",
+                    "quantize"),
     "devices": ("parallel", "mesh", "host_devices", "data_placement", "steps_per_call", "coordinator_address",
                 "num_processes", "process_id", "distributed"),
 }

@@ -134,6 +134,21 @@ class Config:
     num_seeds: int = field(1, "Train this many seeds (--seed, --seed+1, ...) at once, vmapped in one compiled "
                               "program; metrics are reported per seed and as their mean and spread.")
 
+    # Compression while training (bmjax/prune.py, bmjax/quantize.py).
+    prune: str = field("none", "Prune the weight matrices while training: none, magnitude (unstructured, each "
+                               "matrix's smallest weights, raised gradually to --prune_sparsity) or N:M such as 2:4 "
+                               "(the N largest of every M consecutive weights along the input dimension).")
+    prune_sparsity: float = field(0.9, "Final share of zeros in each weight matrix under --prune=magnitude, in "
+                                       "[0, 1) (N:M reaches 1 - N/M).")
+    prune_start_step: Optional[int] = field(None, "Step of the first mask (default: 10% of the run).")
+    prune_end_step: Optional[int] = field(None, "Step at which the final sparsity is reached, the masks fixed "
+                                                "after it (default: 75% of the run; equal to the start: at once).")
+    prune_every_steps: Optional[int] = field(None, "Steps between mask updates from start to end (default: "
+                                                   "1% of the run).")
+    quantize: str = field("none", "Quantisation-aware training: none, or int8 (weights per output channel and "
+                                  "activations per example fake-quantised to int8 in the forward pass, with qwix; "
+                                  "python -m bmjax.quantize converts the run to int8).", ("none", "int8"))
+
     # Devices and hosts.
     parallel: str = field("auto", "single: jit on one device; pmap: replicated over local devices; mesh: jit "
                                   "on a device mesh; auto: mesh over all devices.", STRATEGIES, trains=False)
@@ -153,6 +168,8 @@ class Config:
     checkpoint_every_steps: Optional[int] = field(None, "Steps between checkpoints (default: each epoch).",
                                                   trains=False)
     keep_checkpoints: int = field(3, "Newest checkpoints to keep.", trains=False)
+    summary: bool = field(False, "Print each network's layer table (shapes, parameters, FLOPs), keep it in "
+                                 "result.json, and exit without training.", trains=False)
     restore_from: Optional[str] = field(None, "Workdir of another run whose parameters start this one "
                                               "(fine-tuning).", trains=False)
     early_stopping_patience: Optional[int] = field(None, "Stop training once the validation "
@@ -162,6 +179,18 @@ class Config:
                                                "(lower is better) or any other the task reports, e.g. accuracy, "
                                                "macro_f1 (higher is better).")
     early_stopping_min_delta: float = field(0.0, "The least change that counts as an improvement.")
+    reduce_on_plateau_patience: Optional[int] = field(None, "Multiply the updates by --reduce_on_plateau_factor once "
+                                                            "the validation --reduce_on_plateau_metric has not "
+                                                            "improved for this many evaluations (unset: never).")
+    reduce_on_plateau_factor: float = field(0.1, "Factor of each reduction on a plateau, in (0, 1).")
+    reduce_on_plateau_cooldown: int = field(0, "Evaluations after a reduction before stalls count again.")
+    reduce_on_plateau_metric: str = field("loss", "The validation metric reduce-on-plateau watches (as "
+                                                  "--early_stopping_metric).")
+    reduce_on_plateau_rtol: float = field(1e-4, "The least relative improvement that counts.")
+    reduce_on_plateau_min_scale: float = field(0.0, "The scale reductions stop at.")
+    members: str = field("", "Runs trained together in one program under vmap (set by python -m bmjax.sweep): "
+                             "';'-separated members, each name=value pairs over seed, learning_rate and "
+                             "weight_decay, e.g. learning_rate=1e-3,seed=0;learning_rate=3e-4,seed=0.")
     reinit: Optional[str] = field(None, "With --restore_from: a regular expression over array paths (as "
                                         "--freeze's) that start from their initialisation instead, e.g. head/ for "
                                         "a new classifier.")
@@ -223,6 +252,10 @@ class Config:
                 except re.error as e:
                     raise UsageError(f"--{name}={getattr(self, name)!r} is not a regular expression ({e}); e.g. "
                                      f"--{name}=head/") from None
+        if self.prune != "none":
+            from bmjax import prune
+
+            prune.validate(self)
         multihost = (self.coordinator_address, self.num_processes, self.process_id)
         if any(v is not None for v in multihost) and any(v is None for v in multihost):
             raise UsageError("a multi-host run needs all of --coordinator_address, --num_processes and "

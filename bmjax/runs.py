@@ -26,7 +26,7 @@ from bmjax.errors import UsageError
 from bmjax.models import ModelIO
 from bmjax.train.checkpoint import check_compatible, read_saved
 from bmjax.train.workdir import RUN_FILE
-from bmjax.train.supervised import TOKENIZER_FILE
+from bmjax.train.supervised import TOKENIZER_FILE, trained_model
 
 
 @dataclasses.dataclass
@@ -61,7 +61,7 @@ def restore(workdir: str, *, step: Optional[int] = None, seed: Optional[int] = N
     if record.get("model_io") is None:
         raise UsageError(f"the run in {workdir} ({record.get('program')}) records no model to rebuild")
     io = ModelIO.from_json(record["model_io"])
-    model = config.build_model(io)
+    model = trained_model(config, io)
     saved, saved_step = read_saved(workdir, ("params", "model_state", "ema_params"), step=step, flag="workdir")
     averaged = saved.pop("ema_params", None)
     if averaged is not None:  # the moving average of the weights is what the run evaluated

@@ -48,6 +48,9 @@ class Agent(Program):
     def env_steps_per_update(self) -> int:
         return self.envs.num_envs * self.rollout_steps
 
+    def networks(self) -> dict:
+        return {"network": (self.network, (self.envs.reset(jax.random.PRNGKey(0)).obs[:1],))}
+
     def init(self, rng):
         agent_rng, env_rng = jax.random.split(rng)
         rollout = self.envs.reset(env_rng)

@@ -136,15 +136,25 @@ class Adversarial(Program):
         return generate(generator.apply_fn, {"params": generator.eval_params, **model_state}, z, labels,
                         self.image_shape, **self._noise(jax.random.PRNGKey(EVAL_SEED + 2), rows))
 
+    def _examples(self):
+        """Example inputs of the generator and of the discriminator (with a label each when conditioned)."""
+        labels = (jnp.zeros((1,), jnp.int32),) if self.num_classes else ()
+        image = jnp.zeros((1,) + self.image_shape + ((1,) if len(self.image_shape) == 2 else ()))
+        return (jnp.zeros((1, self.latent_dim)), *labels), (image, *labels)
+
+    def networks(self) -> dict:
+        generated, judged = self._examples()
+        return {"generator": (self.generator, generated), "discriminator": (self.discriminator, judged)}
+
     def init(self, rng):
         g_rng, d_rng, rest = jax.random.split(rng, 3)
-        z = jnp.zeros((1, self.latent_dim))
-        labels = (jnp.zeros((1,), jnp.int32),) if self.num_classes else ()
-        example = jnp.zeros((1,) + self.image_shape + ((1,) if len(self.image_shape) == 2 else ()))
+        generated, judged = self._examples()
         return AdversarialState(
             step=jnp.zeros((), jnp.int32),
-            generator=create(self.generator, self.generator_tx, z, g_rng, self.ema_decay, extra_inputs=labels),
-            discriminator=create(self.discriminator, self.discriminator_tx, example, d_rng, extra_inputs=labels),
+            generator=create(self.generator, self.generator_tx, generated[0], g_rng, self.ema_decay,
+                             extra_inputs=generated[1:]),
+            discriminator=create(self.discriminator, self.discriminator_tx, judged[0], d_rng,
+                                 extra_inputs=judged[1:]),
             rng=rest)
 
     def train_step(self, state, batch):

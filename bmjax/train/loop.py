@@ -17,14 +17,15 @@ import jax
 import numpy as np
 from flax import serialization
 
-from bmjax import console
+from bmjax import console, summary
 from bmjax.config import Config
 from bmjax.errors import UsageError
 from bmjax.train import feeds, runlog, strategy as strategy_lib, workdir as workdir_lib
 from bmjax.train.checkpoint import Checkpointer, load_params
+from bmjax.optim import Plateau
 from bmjax.train.early_stopping import EarlyStopping
 from bmjax.train.interrupts import Interrupted, Interrupts
-from bmjax.train.program import Context, ManySeeds, seed_keys
+from bmjax.train.program import Context, ManySeeds, parse_members, seed_keys
 
 FINE_TUNED = ("params", "model_state")  # the parts of a state --restore_from carries into a new run
 _distributed_started = False
@@ -77,12 +78,19 @@ def run(config: Config, command: str = "bmjax") -> dict:
     workdir_lib.check_same_run(workdir, config)
     strategy = strategy_lib.create(config.parallel, config.mesh)
     plan = config.build_program(Context(workdir, strategy.axis_name, strategy.num_shards, primary))
-    seeds = tuple(config.seed + i for i in range(config.num_seeds))
-    program = plan.program if len(seeds) == 1 else ManySeeds(plan.program, seeds)
+    members = parse_members(config.members, config.seed)  # runs that differ in optimizer settings too
+    if members and config.num_seeds > 1:
+        raise UsageError("--members lists each member's seed; leave --num_seeds out")
+    seeds = tuple(m["seed"] for m in members) or tuple(config.seed + i for i in range(config.num_seeds))
+    settings = tuple({k: v for k, v in m.items() if k != "seed"} for m in members)
+    program = plan.program if len(seeds) == 1 else ManySeeds(plan.program, seeds, settings)
+    result_path = os.path.join(workdir, "result.json")
+    if config.summary:
+        return summary.write(plan.program, result_path, primary)
     schedule = Schedule.of(config, plan.dataset)
     feed = feeds.create(config, plan.dataset, program, strategy, seeds, schedule.steps_per_epoch, schedule.intervals)
 
-    state = program.init(seed_keys(seeds))
+    state = program.init(seed_keys(seeds, stacked=len(seeds) > 1))
     runlog.announce(config, command, plan, program.describe(state), strategy, schedule, workdir, seeds)
     logical = program.state_axes(state)
     place = lambda s: strategy.place_state(s, logical)
@@ -108,7 +116,15 @@ def run(config: Config, command: str = "bmjax") -> dict:
         early = EarlyStopping(config.early_stopping_metric, config.early_stopping_patience,
                               config.early_stopping_min_delta).replay(os.path.join(workdir, runlog.METRICS_FILE),
                                                                       start_step)
-    result_path = os.path.join(workdir, "result.json")
+    plateau = None
+    if config.reduce_on_plateau_patience:
+        if "validation" not in feed.splits:
+            raise UsageError("--reduce_on_plateau_patience watches the validation split, and this run has none; set "
+                             "--validation_split (e.g. 0.1)")
+        plateau = Plateau(config, strategy.fetch)
+        if not plateau.states(state):
+            raise UsageError("--reduce_on_plateau_patience scales the updates of bmjax.optim.create's optimizer, and "
+                             "this program builds its own; leave it out")
     finished = start_step >= schedule.total_steps or (early is not None and early.stopped)
     if 0 < start_step and not finished:
         console.say(f"resuming from step {start_step} of {schedule.total_steps} (checkpoint in "
@@ -133,7 +149,8 @@ def run(config: Config, command: str = "bmjax") -> dict:
     if not finished:
         console.say(f"training steps {start_step + 1}-{schedule.total_steps}; the first call compiles the step")
     try:
-        state, times = _train(program, feed, schedule, state, start_step, log, checkpoints, canonical, seeds, early)
+        state, times = _train(program, feed, schedule, state, start_step, log, checkpoints, canonical, seeds, early,
+                              plateau)
         last_step = int(np.max(strategy.fetch(_step_of(state))))
         result = {"experiment": command, "program": type(plan.program).__name__, "strategy": strategy.name,
                   "devices": strategy.num_shards, "processes": jax.process_count(), "steps": last_step,
@@ -142,6 +159,8 @@ def run(config: Config, command: str = "bmjax") -> dict:
             result["stopped_early"] = early.describe(last_step)
             console.say(f"stopped early at step {last_step}: validation {early.metric} was best at step "
                         f"{early.best_step} ({early.best:.4g}) and has not improved in {early.patience} evaluations")
+        if plateau is not None:
+            result["reduce_on_plateau_scale"] = plateau.scales(state)
         if plan.model_io is not None:
             result["model"] = config.model
         if plan.dataset is not None:
@@ -167,6 +186,9 @@ def run(config: Config, command: str = "bmjax") -> dict:
         log.close()
 
     if primary:
+        earlier = summary.kept(result_path).get(summary.KEY)
+        if earlier:  # an earlier --summary's tables stay
+            result[summary.KEY] = earlier
         with open(result_path, "w") as f:
             json.dump(result, f, indent=2)
         runlog.plot_curves(workdir, title=f"{os.path.basename(workdir)} ({command})")
@@ -177,7 +199,7 @@ def run(config: Config, command: str = "bmjax") -> dict:
 
 
 def _train(program, feed, schedule: Schedule, state, start_step: int, log, checkpoints, canonical, seeds,
-           early: Optional[EarlyStopping] = None):
+           early: Optional[EarlyStopping] = None, plateau: Optional[Plateau] = None):
     """The one loop: each segment's steps, then whatever falls due at its end (a log, an evaluation of every split
     but the test split, a checkpoint; a stop asked for by a signal, or by `early` stopping). Returns the state and
     the seconds spent per epoch (or in all, as epoch 0)."""
@@ -190,6 +212,8 @@ def _train(program, feed, schedule: Schedule, state, start_step: int, log, check
                                                seconds, canonical)
             stop = interrupts.requested()
             done = early is not None and validation is not None and early.observe(end, validation)
+            if plateau is not None and validation is not None:  # before the checkpoint, which holds its state
+                state = plateau.observe(state, validation)
             if end % schedule.checkpoint_every == 0 or end == schedule.total_steps or stop or done:
                 checkpoints.save(end, canonical(state))
             if done:

@@ -23,10 +23,17 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import PartitionSpec
 
 from bmjax.data import Dataset
+from bmjax.errors import UsageError
 from bmjax.models import ModelIO
+
+# What the members of one program (--members) may differ in: the seed, and the optimizer settings
+# bmjax.optim.create holds in its state for them.
+MEMBER_SETTINGS = ("seed", "learning_rate", "weight_decay")
+INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)  # inject_hyperparams' states
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,17 +109,21 @@ class ManySeeds(Program):
     """`program` run for several seeds at once under `vmap`: every array of the state gains a leading seed axis.
 
     Seed i is the run `--seed=seeds[i]` would make: its own initialisation, dropout and data order (train
-    batches carry a seed axis; evaluation batches are shared).
+    batches carry a seed axis; evaluation batches are shared). With `settings`, member i is also the run with the
+    optimizer settings `settings[i]` ({"learning_rate": ..., "weight_decay": ...}), which an optimizer built
+    with optax.inject_hyperparams holds in its state: each member's value is set there after initialisation.
     """
 
-    def __init__(self, program: Program, seeds: tuple[int, ...]):
+    def __init__(self, program: Program, seeds: tuple[int, ...], settings: Optional[tuple[dict, ...]] = None):
         self.program, self.seeds = program, tuple(seeds)
+        self.settings = tuple(settings) if settings and any(settings) else None
 
     def init(self, rng):
         # Each seed's state from one compiled initialisation, stacked: under vmap, XLA:CPU can take minutes over
         # (or hang in) what takes a second per seed (a bidirectional LSTM's, say).
         one = jax.jit(self.program.init)
-        return jax.tree.map(lambda *seeds: jnp.stack(seeds), *[one(key) for key in rng])
+        state = jax.tree.map(lambda *seeds: jnp.stack(seeds), *[one(key) for key in rng])
+        return state if self.settings is None else with_hyperparams(state, self.settings)
 
     def state_axes(self, state):
         one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
@@ -138,7 +149,8 @@ class ManySeeds(Program):
         return self.program.draws
 
     def pictures(self, state, final: bool = False) -> dict:
-        return {f"{name}_seed{seed}": picture for i, seed in enumerate(self.seeds)
+        label = lambda i: f"member{i}" if self.settings else f"seed{self.seeds[i]}"
+        return {f"{name}_{label(i)}": picture for i in range(len(self.seeds))
                 for name, picture in self.program.pictures(jax.tree.map(lambda x: x[i], state), final).items()}
 
     def summarize(self, sums, detailed: bool = False) -> dict:
@@ -149,19 +161,73 @@ class ManySeeds(Program):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 values = np.array([s[name] for s in each], np.float64)
                 summary[name], summary[f"{name}_std"] = float(values.mean()), float(values.std())
-        summary["seeds"] = [{"seed": seed, **s} for seed, s in zip(self.seeds, each)]
+        settings = self.settings or [{}] * len(self.seeds)
+        summary["seeds"] = [{"seed": seed, **setting, **s} for seed, setting, s in zip(self.seeds, settings, each)]
         return summary
 
     def schedules(self, step: int) -> dict:
-        return self.program.schedules(step)
+        scheduled = self.program.schedules(step)
+        if self.settings and "learning_rate" in self.settings[0]:  # --learning_rate's schedule is no member's
+            scheduled.pop("learning_rate", None)
+        return scheduled
 
     def describe(self, state) -> dict:
         first = jax.jit(lambda state: jax.tree.map(lambda x: x[0], state))(state)  # compiled, as init is
-        return {**self.program.describe(first), "seeds": list(self.seeds)}
+        members = {"members": [{"seed": seed, **setting} for seed, setting in zip(self.seeds, self.settings)]} \
+            if self.settings else {}
+        return {**self.program.describe(first), "seeds": list(self.seeds), **members}
 
 
-def seed_keys(seeds: tuple[int, ...]):
-    """The initial key of each seed: PRNGKey(seed), stacked when there are several."""
-    if len(seeds) == 1:
+def with_hyperparams(state, settings: tuple[dict, ...]):
+    """`state` (with a leading member axis) with member i's optimizer settings `settings[i]` in every
+    optax.inject_hyperparams state it holds."""
+    names = sorted(settings[0])
+    found = []
+
+    def put(node):
+        if not isinstance(node, INJECTED):
+            return node
+        missing = [n for n in names if n not in node.hyperparams]
+        if missing:
+            raise UsageError(f"this optimizer holds no {', '.join(missing)} of its own per member; sweep "
+                             f"{', '.join(missing)} as separate runs (python -m bmjax.sweep --max_members=1)")
+        found.append(node)
+        values = {n: jnp.asarray([s[n] for s in settings], jnp.asarray(node.hyperparams[n]).dtype) for n in names}
+        return node._replace(hyperparams={**node.hyperparams, **values})
+
+    state = jax.tree.map(put, state, is_leaf=lambda node: isinstance(node, INJECTED))
+    if not found:
+        raise UsageError(f"this program's optimizer does not hold {', '.join(names)} in its state (it was not "
+                         f"built by bmjax.optim.create); sweep {', '.join(names)} as separate runs (python -m "
+                         "bmjax.sweep --max_members=1)")
+    return state
+
+
+def parse_members(text: str, default_seed: int = 0) -> tuple[dict, ...]:
+    """--members: 'learning_rate=1e-3,seed=0;learning_rate=3e-4,seed=1' -> ({"learning_rate": 0.001, "seed": 0},
+    ...); every member names the same settings, and takes `default_seed` where it names no seed."""
+    if not text:
+        return ()
+    members = []
+    for part in text.split(";"):
+        member = {}
+        for pair in filter(None, part.split(",")):
+            name, _, value = pair.partition("=")
+            if name not in MEMBER_SETTINGS:
+                raise UsageError(f"--members: {name!r} is not a setting members may differ in ("
+                                 f"{', '.join(MEMBER_SETTINGS)}); run other settings as separate runs")
+            try:
+                member[name] = int(value) if name == "seed" else float(value)
+            except ValueError:
+                raise UsageError(f"--members: {pair!r} is not name=number") from None
+        members.append({"seed": default_seed, **member})
+    if len(members) < 2 or any(set(m) != set(members[0]) for m in members):
+        raise UsageError(f"--members={text!r} must list at least two members, each naming the same settings")
+    return tuple(members)
+
+
+def seed_keys(seeds: tuple[int, ...], stacked: bool = False):
+    """The initial key of each seed: PRNGKey(seed), stacked when there are several (or `stacked`)."""
+    if len(seeds) == 1 and not stacked:
         return jax.random.PRNGKey(seeds[0])
     return jnp.stack([jax.random.PRNGKey(s) for s in seeds])

@@ -30,12 +30,14 @@ class Supervised(Program):
     def __init__(self, model, task, tx: optax.GradientTransformation, example_x, *, schedule: optax.Schedule,
                  count_trainable: Callable = state_lib.parameter_count, l1: float = 0.0, l2: float = 0.0,
                  axis_name=None, grad_accum_steps: int = 1, augment: Optional[Callable] = None,
-                 ema_decay: float = 0.0, steps_per_epoch: Optional[int] = None):
+                 ema_decay: float = 0.0, steps_per_epoch: Optional[int] = None,
+                 report: Optional[Callable] = None):
         self.model, self.task, self.tx, self.example_x = model, task, tx, example_x
         self.ema_decay, self.steps_per_epoch = ema_decay, steps_per_epoch
         # A model that carries a state from each row's window to the next reads its examples in order.
         self.reads_in_order = bool(getattr(model, "carry_rows", None))
         self.schedule, self.count_trainable = schedule, count_trainable
+        self.report = report  # params -> more numbers for result.json (pruning's sparsity)
         self._train_step = step_lib.make_train_step(task, l1=l1, l2=l2, axis_name=axis_name,
                                                     grad_accum_steps=grad_accum_steps, augment=augment)
         self._eval_step = step_lib.make_eval_step(task, axis_name=axis_name)
@@ -77,9 +79,13 @@ class Supervised(Program):
     def schedules(self, step: int) -> dict:
         return {"learning_rate": float(self.schedule(step))}
 
+    def networks(self) -> dict:
+        return {"model": (self.model, (self.example_x,))}
+
     def describe(self, state) -> dict:
         return {"parameters": state_lib.parameter_count(state.params),
-                "trainable_parameters": self.count_trainable(state.params)}
+                "trainable_parameters": self.count_trainable(state.params),
+                **(self.report(state.params) if self.report else {})}
 
 
 def build(config, context: Context) -> Plan:
@@ -96,7 +102,7 @@ def build(config, context: Context) -> Plan:
     inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), example_x)
     io = ModelIO(num_outputs=task.num_outputs, vocab_size=dataset.info.vocab_size, inputs=inputs,
                  axis_name=context.axis_name)
-    model = config.build_model(io)
+    model = trained_model(config, io)
     if getattr(model, "carry_rows", None):
         dataset = _in_order(dataset, config)
     steps_per_epoch, total_steps = run_length(config, dataset)
@@ -108,8 +114,26 @@ def build(config, context: Context) -> Plan:
                          count_trainable=lambda params: optim.trainable_count(config, params),
                          l1=config.l1, l2=config.l2, axis_name=context.axis_name,
                          grad_accum_steps=config.grad_accum_steps, augment=augmentation(config, task, inputs),
-                         ema_decay=config.ema_decay, steps_per_epoch=steps_per_epoch)
+                         ema_decay=config.ema_decay, steps_per_epoch=steps_per_epoch, report=pruning_report(config))
     return Plan(program, dataset, io)
+
+
+def trained_model(config, io: ModelIO):
+    """`config.build_model`'s model as the run trains it: with --quantize, its quantisation-aware form."""
+    model = config.build_model(io)
+    if config.quantize != "none":
+        from bmjax import quantize
+
+        model = quantize.training_model(config, model)
+    return model
+
+
+def pruning_report(config) -> Optional[Callable]:
+    if config.prune == "none":
+        return None
+    from bmjax import prune
+
+    return prune.report
 
 
 def _in_order(dataset, config):
