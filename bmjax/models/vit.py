@@ -11,6 +11,7 @@ from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from bmjax.errors import UsageError
 from bmjax.models.transformer import INIT_STD, block_class, layer_norm, partitioned
@@ -101,10 +102,11 @@ class ViT(nn.Module):
             )(x, None, None, False, train)  # mask, padding_mask, causal, train
         x = layer_norm(self.dtype, self.param_dtype, "final_norm", self.norm_epsilon)(x)
 
+        cls = lax.index_in_dim(x, 0, axis=1, keepdims=False)  # a slice (x[:, 0] gathers, which LiteRT cannot take)
         # The head starts at zero, as in the paper's fine-tuning: every class equally likely at first.
         logits = nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
                           kernel_init=partitioned(nn.initializers.zeros, ("embed", "classes")),
-                          bias_init=partitioned(nn.initializers.zeros, ("classes",)), name="head")(x[:, 0])
+                          bias_init=partitioned(nn.initializers.zeros, ("classes",)), name="head")(cls)
         return logits.astype(jnp.float32)
 
 
