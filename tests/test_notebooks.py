@@ -48,7 +48,7 @@ def test_gpt_notebook_executes(shakespeare_dir, tmp_path, monkeypatch):
 def install_cell():
     """The notebooks' first code cell, the same in each."""
     cells = {nbformat.read(ROOT / "colab" / name, as_version=4).cells[1].source
-             for name in ("quickstart.ipynb", "gpt.ipynb", "rl.ipynb", "sequences.ipynb")}
+             for name in ("quickstart.ipynb", "gpt.ipynb", "rl.ipynb", "sequences.ipynb", "deploy.ipynb")}
     assert len(cells) == 1, "the notebooks install bmjax alike"
     return cells.pop()
 
@@ -167,3 +167,18 @@ def test_sequences_notebook_executes(tmp_path, monkeypatch):
     assert "precision    recall  f1-score   support" in outputs and "bits per test sample" in outputs
     assert "the classifier hears: [" in outputs
     assert len(images) == 2 and (tmp_path / "wavenet" / "samples" / "samples.json").exists()
+
+
+def test_deploy_notebook_executes(tmp_path, monkeypatch):
+    """The seed CNN trained a few steps on the 8x8 digits, exported to StableHLO and ONNX and run from both,
+    quantised, pruned, compared, and explained by integrated gradients."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, as the notebook's runs use
+    monkeypatch.setenv("BMJAX_DEPLOY_WORKDIR", str(tmp_path))
+    monkeypatch.setenv("BMJAX_DEPLOY_DATASET", "digits")
+    monkeypatch.setenv("BMJAX_DEPLOY_STEPS", "60")
+    outputs, images = execute("deploy")
+    for format in ("stablehlo", "onnx"):
+        gap = float(outputs.split(f"{format}: model.", 1)[1].split("bmjax on ", 1)[1].split()[3].rstrip(","))
+        assert gap <= 1e-5
+    assert "int8" in outputs and "sparsity reached 0.9" in outputs and "90% pruned" in outputs
+    assert len(images) == 1
