@@ -147,7 +147,8 @@ def test_help_groups_the_experiments_flags():
     assert out.returncode == 0, out.stderr
     headings = [line for line in out.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert headings == ["GptShakespeareChar's own:", "run:", "data:", "augmentation:", "model:", "optimisation:",
-                        "devices:"]
+                        "compression:", "devices:"]
+    assert "--prune_sparsity" not in out.stdout.split("run:", 1)[0], "the shared flags are in their groups"
     own = out.stdout.split("GptShakespeareChar's own:", 1)[1].split("run:", 1)[0]
     assert "--num_layers (default: 6)" in own and "--preset" in own and "--temperature" in own
     assert "Registered: alexnet, bert_classifier, bert_mlm, cnn, efficientnet_b0," in out.stdout
