@@ -176,10 +176,11 @@ class BertForSequenceClassification(BertSizes):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         hidden = self.encoder()(x, train=train)
+        first = jax.lax.index_in_dim(hidden, 0, axis=1, keepdims=False)  # [CLS], sliced: LiteRT takes no gather
         dtype = jnp.dtype(self.dtype)
         pooled = nn.Dense(self.embed_dim, dtype=dtype, param_dtype=self.param_dtype,
                           kernel_init=partitioned(nn.initializers.normal(INIT_STD), ("embed", "embed_out")),
-                          bias_init=partitioned(nn.initializers.zeros, ("embed_out",)), name="pooler")(hidden[:, 0])
+                          bias_init=partitioned(nn.initializers.zeros, ("embed_out",)), name="pooler")(first)
         pooled = nn.Dropout(self.dropout, deterministic=not train)(jnp.tanh(pooled))
         logits = nn.Dense(self.num_outputs, dtype=dtype, param_dtype=self.param_dtype,
                           kernel_init=partitioned(nn.initializers.normal(INIT_STD), ("embed_out", "classes")),
