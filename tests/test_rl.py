@@ -168,6 +168,8 @@ def test_bad_agent_input_is_one_line(tmp_path):
         run(agent_config("dqn", tmp_path / "dqn", batch_size=100))
     with pytest.raises(UsageError, match="one seed at a time"):
         agent_config("ppo", tmp_path / "seeds", env="gymnasium:CartPole-v1", num_seeds=2).validate()
+    with pytest.raises(UsageError, match="makes its own data and has no validation split to watch"):
+        run(agent_config("ppo", tmp_path / "early", early_stopping_patience=2))
 
 
 def test_a_gymnasium_environment_trains_on_the_host_and_records_an_episode(tmp_path):

@@ -110,17 +110,13 @@ def run(config: Config, command: str = "bmjax") -> dict:
 
     early = None
     if config.early_stopping_patience:
-        if "validation" not in feed.splits:
-            raise UsageError("--early_stopping_patience watches the validation split, and this run has none; set "
-                             "--validation_split (e.g. 0.1)")
+        _needs_validation("early_stopping_patience", feed, plan)
         early = EarlyStopping(config.early_stopping_metric, config.early_stopping_patience,
                               config.early_stopping_min_delta).replay(os.path.join(workdir, runlog.METRICS_FILE),
                                                                       start_step)
     plateau = None
     if config.reduce_on_plateau_patience:
-        if "validation" not in feed.splits:
-            raise UsageError("--reduce_on_plateau_patience watches the validation split, and this run has none; set "
-                             "--validation_split (e.g. 0.1)")
+        _needs_validation("reduce_on_plateau_patience", feed, plan)
         plateau = Plateau(config, strategy.fetch)
         if not plateau.states(state):
             raise UsageError("--reduce_on_plateau_patience scales the updates of bmjax.optim.create's optimizer, and "
@@ -196,6 +192,15 @@ def run(config: Config, command: str = "bmjax") -> dict:
         console.say(f"\nwrote {result_path}, curves.png and metrics.jsonl in {workdir}; TensorBoard: tensorboard "
                     f"--logdir={os.path.join(workdir, 'tensorboard')}")
     return result
+
+
+def _needs_validation(flag: str, feed, plan) -> None:
+    """A flag that watches the validation split: one line on what to do where the run has none."""
+    if "validation" in feed.splits:
+        return
+    fix = "set --validation_split (e.g. 0.1)" if plan.dataset is not None else \
+        "this program makes its own data and has no validation split to watch; leave it unset"
+    raise UsageError(f"--{flag} watches the validation split, and this run has none; {fix}")
 
 
 def _train(program, feed, schedule: Schedule, state, start_step: int, log, checkpoints, canonical, seeds,
