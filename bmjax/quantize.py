@@ -196,7 +196,8 @@ def evaluate_run(workdir: str, *, calibration_batches: int = 16, activations: Op
     run trained with: static for a float run (calibrated on its first `calibration_batches` training batches),
     dynamic for a QAT run. Written to WORKDIR/quantization.json (with `write`) and returned."""
     import bmjax
-    from bmjax.data import pipeline, preprocess
+    from bmjax.data import preprocess
+    from bmjax.train import feeds, strategy as strategy_lib
     from bmjax.train.program import Context
     from bmjax.train.state import TrainState
     from bmjax.train.supervised import Supervised
@@ -224,17 +225,16 @@ def evaluate_run(workdir: str, *, calibration_batches: int = 16, activations: Op
     quantized = quantize(config.build_model(restored.io), restored.params, restored.model_state,
                          rows(dataset.train, 1), calibration, activations=activations)
 
-    eval_step = jax.jit(program.eval_step)
-    indices, mask = pipeline.eval_indices(len(source), max(1, min(config.eval_batch_size, len(source))))
+    # The runner's own evaluation: the split's batches scanned on one device, the task's metric sums added up.
+    strategy = strategy_lib.create("single")
+    feed = feeds.create(config.replace(eval_batch_size=max(1, min(config.eval_batch_size, len(source)))),
+                        dataset, program, strategy, (restored.seed,), None, [1])
 
     def evaluate(model, variables):
-        state = TrainState(step=0, params=variables["params"], opt_state=None, rng=None, apply_fn=model.apply,
-                           tx=None, model_state={k: v for k, v in variables.items() if k != "params"})
-        total = None
-        for idx, m in zip(indices, mask):
-            sums = eval_step(state, {**source[idx], "mask": m, "index": idx})
-            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-        return program.summarize(jax.device_get(total))
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], opt_state=None, rng=None,
+                           apply_fn=model.apply, tx=None,
+                           model_state={k: v for k, v in variables.items() if k != "params"})
+        return program.summarize(feed.evaluate(strategy.place_state(state), split))
 
     timing_x = rows(source, min(config.batch_size, len(source)))
     forms = {"as_trained": (restored.model, restored.variables), "int8": (quantized.model, quantized.variables)}
