@@ -29,9 +29,33 @@ def top_p_logits(logits, p: float):
     return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
+def keys_per_row(rng) -> bool:
+    """Whether `rng` holds a key for each row of a batch (raw uint32 keys [batch, 2], or typed keys [batch])."""
+    typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    return jnp.ndim(rng) == (1 if typed else 2)
+
+
+def _split(rng, num: int):
+    """`num` keys from `rng` ([num, ...]; [num, batch, ...] from a key per row)."""
+    if keys_per_row(rng):
+        return jax.vmap(lambda key: jax.random.split(key, num), out_axes=1)(rng)
+    return jax.random.split(rng, num)
+
+
+def _fold(rng, data: int):
+    """`rng` (or each row's key) folded with `data`."""
+    if keys_per_row(rng):
+        return jax.vmap(jax.random.fold_in, (0, None))(rng, data)
+    return jax.random.fold_in(rng, data)
+
+
 def sample_token(logits, rng, *, temperature: float = 1.0, top_k: Optional[int] = None,
-                 top_p: Optional[float] = None, greedy: bool = False):
-    """One token id per row of `logits` [batch, vocab]."""
+                 top_p: Optional[float] = None, greedy: bool = False, token_range: Optional[tuple[int, int]] = None):
+    """One token id per row of `logits` [batch, vocab], drawn with `rng` (or with each row's own key). With
+    `token_range=(start, stop)`, only ids start..stop-1 are drawn."""
+    if token_range is not None:
+        ids = jnp.arange(logits.shape[-1])
+        logits = jnp.where((ids >= token_range[0]) & (ids < token_range[1]), logits, -jnp.inf)
     if greedy:
         return jnp.argmax(logits, axis=-1)
     logits = logits / temperature
@@ -39,6 +63,8 @@ def sample_token(logits, rng, *, temperature: float = 1.0, top_k: Optional[int] 
         logits = top_k_logits(logits, top_k)
     if top_p is not None:
         logits = top_p_logits(logits, top_p)
+    if keys_per_row(rng):
+        return jax.vmap(lambda key, row: jax.random.categorical(key, row))(rng, logits)
     return jax.random.categorical(rng, logits, axis=-1)
 
 
@@ -50,8 +76,8 @@ def init_cache(decoder: nn.Module, params, batch_size: int, length: int):
 
 
 @functools.partial(jax.jit, static_argnames=("decoder", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "greedy"))
-def _generate(decoder, params, prompt_tokens, rng, max_new_tokens, temperature, top_k, top_p, greedy):
+                                             "greedy", "token_range"))
+def _generate(decoder, params, prompt_tokens, rng, max_new_tokens, temperature, top_k, top_p, greedy, token_range):
     batch_size, prompt_len = prompt_tokens.shape
     cache = init_cache(decoder, params, batch_size, prompt_len + max_new_tokens)
 
@@ -64,23 +90,28 @@ def _generate(decoder, params, prompt_tokens, rng, max_new_tokens, temperature, 
 
     def step(carry, step_rng):
         cache, logits = carry
-        token = sample_token(logits, step_rng, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+        token = sample_token(logits, step_rng, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                             token_range=token_range)
         # The last step's forward pass is not needed; it keeps the loop body uniform.
         cache, logits = forward(cache, token[:, None].astype(jnp.int32))
         return (cache, logits), token
 
-    _, new_tokens = jax.lax.scan(step, (cache, logits), jax.random.split(rng, max_new_tokens))
+    _, new_tokens = jax.lax.scan(step, (cache, logits), _split(rng, max_new_tokens))
     return jnp.concatenate([prompt_tokens, new_tokens.T.astype(prompt_tokens.dtype)], axis=1)
 
 
 def generate(model: nn.Module, params, prompt_tokens, max_new_tokens: int, rng, *, temperature: float = 1.0,
-             top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False):
+             top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
+             token_range: Optional[tuple[int, int]] = None):
     """Extends `prompt_tokens` [batch, prompt_len] by `max_new_tokens` sampled tokens -> [batch, prompt_len + new].
 
     `model` is the training-mode model and `params` its "params" collection (boxed or not).
 
     `greedy` takes the argmax; otherwise logits are divided by `temperature`, filtered to the `top_k` largest
-    and/or the `top_p` nucleus, and sampled with `rng`. Past the model's `block_size`, it reads a sliding window of
+    and/or the `top_p` nucleus, and sampled with `rng`: one key for the batch, or a key per row ([batch, 2]), with
+    which each row's tokens do not depend on the other rows of its batch. `token_range=(start, stop)` draws only ids
+    start..stop-1 (image tokens after a caption, say). Traceable: it may run inside a compiled step.
+    Past the model's `block_size`, it reads a sliding window of
     the latest tokens: each time the window is full, its cache is filled again from the last half of it, so every
     token sees at least half a block of context. Compiles once per model, shape and sampling setting (a few shapes
     when the window slides).
@@ -103,7 +134,7 @@ def generate(model: nn.Module, params, prompt_tokens, max_new_tokens: int, rng, 
         context = tokens[:, -(block - 1 if window == 0 else block // 2):]
         wanted = prompt_tokens.shape[1] + max_new_tokens - tokens.shape[1]
         count = min(wanted, block - context.shape[1])
-        out = _generate(decoder, params, context, jax.random.fold_in(rng, window) if window else rng, count,
-                        temperature, top_k, top_p, greedy)
+        out = _generate(decoder, params, context, _fold(rng, window) if window else rng, count, temperature, top_k,
+                        top_p, greedy, None if token_range is None else tuple(token_range))
         tokens, window = jnp.concatenate([tokens, out[:, context.shape[1]:]], axis=1), window + 1
     return tokens
