@@ -37,7 +37,8 @@ def field_metadata(config_cls: type, name: str) -> dict:
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine", "step")
 STRATEGIES = ("auto", "single", "pmap", "mesh")
-TASKS = ("auto", "classification", "binary", "regression", "language_model", "masked_lm", "seq2seq")
+TASKS = ("auto", "classification", "binary", "regression", "reconstruction", "language_model", "masked_lm",
+         "seq2seq")
 DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -164,6 +164,49 @@ class TokenPrediction(Task):
         return result
 
 
+class Reconstruction(Task):
+    """An autoencoder's outputs against its own inputs: squared error per pixel, plus the model's own loss terms.
+
+    The model returns {"reconstruction", "auxiliary_loss" (per example, e.g. a VQ-VAE's codebook and commitment
+    terms), "code_counts" (optional, [batch, codes]: how often each discrete code was used)}; `prepare` makes the
+    input its target. Reported as loss, mean squared error, PSNR (peak 1), and with code counts the codebook's
+    perplexity (exp of the entropy of code use; the number of codes in equal use) and the codes used.
+    """
+
+    def __init__(self, channels: int):
+        self.num_outputs = channels
+
+    def prepare(self, batch, rng):
+        return {**batch, "y": batch["x"]}
+
+    def _squared_error(self, outputs, targets):
+        reconstruction = outputs["reconstruction"].reshape(targets.shape)
+        return jnp.mean(jnp.square(reconstruction - targets).reshape(targets.shape[0], -1), axis=-1)
+
+    def loss(self, outputs, targets):
+        per_example = self._squared_error(outputs, targets) + outputs.get("auxiliary_loss", 0.0)
+        return per_example, jnp.ones_like(per_example)
+
+    def metric_sums(self, outputs, targets, example_losses, weights, mask):
+        sums = {"loss": jnp.sum(example_losses * mask), "count": jnp.sum(mask),
+                "squared_error": jnp.sum(self._squared_error(outputs, targets) * mask)}
+        if "code_counts" in outputs:
+            sums["code_counts"] = jnp.sum(outputs["code_counts"] * mask[:, None], axis=0)
+        return sums
+
+    def summarize(self, sums, detailed: bool = False) -> dict:
+        count = np.float64(sums["count"])
+        mse = float(np.float64(sums["squared_error"]) / count)
+        result = {"loss": float(np.float64(sums["loss"]) / count), "mse": mse,
+                  "psnr": float(-10 * np.log10(max(mse, 1e-12)))}
+        if "code_counts" in sums:
+            counts = np.asarray(sums["code_counts"], np.float64)
+            shares = counts / max(counts.sum(), 1.0)
+            used = shares[shares > 0]
+            result.update(code_perplexity=float(np.exp(-np.sum(used * np.log(used)))), codes_used=int(len(used)))
+        return result
+
+
 def create(name: str, dataset: Dataset, mask_rate: float = 0.15):
     """The task `name` ('auto' follows the dataset) for a dataset."""
     info = dataset.info
@@ -190,11 +233,17 @@ def create(name: str, dataset: Dataset, mask_rate: float = 0.15):
             return TokenPrediction(vocab_size, pad_id=tokenizer.pad_id, exact_match=True)
         masking = dict(mask_id=tokenizer.mask_id, special_ids=tuple(tokenizer.special_ids), rate=mask_rate)
         return TokenPrediction(vocab_size, pad_id=tokenizer.pad_id, masking=masking)
+    if name == "reconstruction":
+        shape = tuple(info.feature_shape)
+        if len(shape) not in (2, 3):
+            raise UsageError(f"--task=reconstruction reproduces images, and {info.name}'s examples have shape {shape}; "
+                             "choose an image dataset")
+        return Reconstruction(shape[2] if len(shape) == 3 else 1)
     if name == "regression":
         if info.task != "regression":
             raise UsageError(f"--task=regression needs a regression dataset; {info.name} is a classification "
                              "dataset")
         targets = dataset.train[np.arange(min(len(dataset.train), 100_000))]["y"]
         return Regression(np.mean(targets), np.std(targets))
-    raise UsageError(f"unknown task {name!r}; choose auto, classification, binary, regression, language_model, "
-                     "masked_lm or seq2seq")
+    raise UsageError(f"unknown task {name!r}; choose auto, classification, binary, regression, reconstruction, "
+                     "language_model, masked_lm or seq2seq")

@@ -8,7 +8,7 @@ An experiment file declares a model of its own with `@models.register(name)`, or
 
 from bmjax.models.registry import CARRY, REGISTRY, ModelIO, build, names, register
 from bmjax.models import (alexnet, audio, bert, cnn, efficientnet, gpt, inception, mlp,  # noqa: F401
-                          recommenders, resnet, rnn, t5, vgg, vit, wavenet)  # (each registers its builders)
+                          recommenders, resnet, rnn, t5, vgg, vit, vqvae, wavenet)  # (each registers its builders)
 from bmjax.models.bert import BertForMaskedLM, BertForSequenceClassification
 from bmjax.models.cnn import SeedCNN
 from bmjax.models.gpt import GPT

@@ -15,9 +15,11 @@ from bmjax.config import Config
 
 METRICS_FILE = "metrics.jsonl"
 SHOWN = ("loss", "accuracy", "exact_match", "macro_f1", "perplexity", "bits_per_sample", "rmse", "mse", "mae", "r2",
-         "auc", "recall@10", "ndcg@10", "episode_return")  # on the console
+         "auc", "recall@10", "ndcg@10", "episode_return", "codes_used", "pair_accuracy",
+         "pair_accuracy_held_out")  # on the console
 # curves.png shows the first two of these a run logs.
-PLOTTED = ("loss", "auc", "recall@10", "rmse", "accuracy", "r2", "episode_return", "return_last100", "fd_classifier")
+PLOTTED = ("loss", "auc", "recall@10", "rmse", "pair_accuracy", "accuracy", "r2", "episode_return", "return_last100",
+           "fd_classifier")
 
 
 class RunLog:
