@@ -1,6 +1,6 @@
 """Datasets: bmjax's own (no network needed), TFDS's, and text sets, as random-access splits."""
 
-from bmjax.data import audio, ratings  # noqa: F401  (each registers its datasets)
+from bmjax.data import audio, canvases, ratings  # noqa: F401  (each registers its datasets)
 from bmjax.data.datasets import NAMES, DataSpec, load, prepare
 from bmjax.data.registry import register
 from bmjax.data.sources import ArraySource, Dataset, DatasetInfo, Source

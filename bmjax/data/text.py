@@ -92,6 +92,35 @@ class CharTokenizer:
         _write(path, self.to_json().encode())
 
 
+class WordTokenizer:
+    """One token per word of a fixed vocabulary, after <pad> = 0: text is split on spaces (the captions of a
+    generated set, whose every word is known in advance)."""
+
+    pad_id = PAD_ID
+
+    def __init__(self, words: Sequence[str]):
+        self.words = tuple(words)
+        self.ids = {word: i + 1 for i, word in enumerate(self.words)}
+
+    @property
+    def vocab_size(self) -> int:
+        return 1 + len(self.words)
+
+    def encode(self, text: str) -> np.ndarray:
+        words = text.lower().split()
+        unknown = [w for w in words if w not in self.ids]
+        if unknown:
+            raise UsageError(f"unknown word{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; the captions "
+                             f"use: {' '.join(self.words)}")
+        return np.array([self.ids[w] for w in words], np.int32)
+
+    def decode(self, ids) -> str:
+        return " ".join(self.words[int(i) - 1] for i in np.asarray(ids).ravel() if 0 < int(i) <= len(self.words))
+
+    def save(self, path: str) -> None:
+        _write(path, json.dumps({"type": "word", "words": list(self.words)}).encode())
+
+
 class SentencePieceTokenizer(_Specials):
     """A sentencepiece unigram model trained offline on the training text; text round-trips exactly."""
 
@@ -199,6 +228,8 @@ def load_tokenizer(path: str):
             spec = None
         if isinstance(spec, dict) and "alphabet" in spec:
             return CharTokenizer.from_json(content.decode())
+        if isinstance(spec, dict) and spec.get("type") == "word":
+            return WordTokenizer(spec["words"])
         if isinstance(spec, dict) and "model" in spec:
             return HuggingFaceTokenizer(content.decode())
     else:
@@ -208,7 +239,7 @@ def load_tokenizer(path: str):
             raise
         except Exception:  # sentencepiece's own error for bytes that are not a model
             pass
-    raise UsageError(f"{path} is not a tokenizer file (a char tokenizer's JSON, a sentencepiece .model or a "
+    raise UsageError(f"{path} is not a tokenizer file (a char or word tokenizer's JSON, a sentencepiece .model or a "
                      "Hugging Face tokenizer.json); pass another path or --tokenizer=char|sentencepiece")
 
 
