@@ -129,14 +129,17 @@ class Dcgan(Config):
         return Plan(program, dataset)
 
 
-def train_classifier(config: Dcgan) -> dict:
-    """The seed CNN (with a 128-wide hidden layer, whose activations are the features) trained on --dataset in
-    WORKDIR/classifier on the same devices; a finished one is reported, not trained again."""
+# What a run trained first for another (a classifier, a tokenizer) takes from it: where its data is and what runs it.
+SHARED = ("data_dir", "manual_dir", "seed", "parallel", "mesh", "host_devices", "data_placement",
+          "coordinator_address", "num_processes", "process_id", "distributed")
+
+
+def train_classifier(config, dataset: Optional[str] = None) -> dict:
+    """The seed CNN (with a 128-wide hidden layer, whose activations are the features) trained on `dataset` (default:
+    --dataset) in WORKDIR/classifier on the same devices; a finished one is reported, not trained again."""
     from experiments.mnist_cnn import MnistCnn
 
-    shared = ("dataset", "data_dir", "manual_dir", "seed", "parallel", "mesh", "host_devices", "data_placement",
-              "coordinator_address", "num_processes", "process_id", "distributed")
-    classifier = MnistCnn(**{name: getattr(config, name) for name in shared},
+    classifier = MnistCnn(**{name: getattr(config, name) for name in SHARED}, dataset=dataset or config.dataset,
                           workdir=os.path.join(config.workdir, CLASSIFIER_DIR), epochs=config.classifier_epochs,
                           conv_padding="SAME", hidden_sizes=(128,), batch_size=128)
     console.say(f"training the classifier whose features the Frechet distance uses, in {classifier.workdir}")

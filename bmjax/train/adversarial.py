@@ -56,7 +56,7 @@ class ClassifierFeatures:
         if shape != tuple(feature_shape):
             raise UsageError(f"--classifier={workdir} reads inputs of shape {shape}, this dataset's images have "
                              f"shape {tuple(feature_shape)}; train the classifier on the same dataset")
-        self.model, self.variables = run.model, run.variables
+        self.model, self.variables, self.feature_shape = run.model, run.variables, shape
         self.num_classes, self.class_names = run.info.num_classes, run.info.class_names
         self.dataset = run.config.dataset
 
@@ -80,7 +80,7 @@ class ClassifierFeatures:
 
     def statistics(self, source, batch_size: int = 1000) -> dict:
         """Sums of the features of every image of `source` (a dataset split), as the eval step adds them up."""
-        sums_of = jax.jit(lambda x: _feature_sums(self(preprocess.to_float(x))[0], jnp.ones(x.shape[0])))
+        sums_of = jax.jit(lambda x: feature_sums(self(preprocess.to_float(x))[0], jnp.ones(x.shape[0])))
         total = None
         for start in range(0, len(source), batch_size):
             part = jax.tree.map(lambda s: np.asarray(s, np.float64),
@@ -89,12 +89,12 @@ class ClassifierFeatures:
         return total
 
 
-def _feature_sums(features, weights) -> dict:
+def feature_sums(features, weights) -> dict:
     weighted = features * weights[:, None]
     return {"n": jnp.sum(weights), "sum": jnp.sum(weighted, 0), "outer": weighted.T @ features}
 
 
-def _gaussian(sums) -> tuple[np.ndarray, np.ndarray]:
+def gaussian(sums) -> tuple[np.ndarray, np.ndarray]:
     n = float(sums["n"])
     mean = np.asarray(sums["sum"], np.float64) / n
     return mean, (np.asarray(sums["outer"], np.float64) - n * np.outer(mean, mean)) / (n - 1)
@@ -223,7 +223,7 @@ class Adversarial(Program):
         real_features, _ = self.classifier(preprocess.to_float(batch["x"]))
         fake_features, fake_logits = self.classifier(fake)
         predicted = jnp.argmax(fake_logits, -1)
-        sums = {"real": _feature_sums(real_features, weights), "fake": _feature_sums(fake_features, weights),
+        sums = {"real": feature_sums(real_features, weights), "fake": feature_sums(fake_features, weights),
                 "classes": jnp.sum(jax.nn.one_hot(predicted, self.classifier.num_classes) * weights[:, None], 0)}
         if self.num_classes:
             sums["conditioned_right"] = jnp.sum((predicted == labels) * weights)
@@ -237,11 +237,11 @@ class Adversarial(Program):
             if g_count:
                 summary["g_loss"] = float(np.sum(sums["g_loss"])) / g_count
             return summary
-        train = _gaussian(self.train_statistics)
+        train = gaussian(self.train_statistics)
         n = float(sums["fake"]["n"])
         shares = np.asarray(sums["classes"], np.float64) / n
-        summary = {"fd_classifier": metrics.frechet_distance(*_gaussian(sums["fake"]), *train),
-                   "fd_classifier_floor": metrics.frechet_distance(*_gaussian(sums["real"]), *train),
+        summary = {"fd_classifier": metrics.frechet_distance(*gaussian(sums["fake"]), *train),
+                   "fd_classifier_floor": metrics.frechet_distance(*gaussian(sums["real"]), *train),
                    "class_share_min": float(shares.min()), "class_share_max": float(shares.max())}
         if self.num_classes:
             summary["conditioned_accuracy"] = float(sums["conditioned_right"]) / n

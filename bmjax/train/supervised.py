@@ -88,9 +88,11 @@ class Supervised(Program):
                 **(self.report(state.params) if self.report else {})}
 
 
-def build(config, context: Context) -> Plan:
-    """--dataset read into the task --task asks for, and `config.build_model`'s model trained on it."""
-    dataset = data.load(data.DataSpec.of(config, tokenizer=tokenizer_for(config, context.workdir)))
+def build(config, context: Context, dataset: Optional[data.Dataset] = None) -> Plan:
+    """--dataset read into the task --task asks for (or `dataset`, made by the caller), and `config.build_model`'s
+    model trained on it."""
+    if dataset is None:
+        dataset = data.load(data.DataSpec.of(config, tokenizer=tokenizer_for(config, context.workdir)))
     if context.primary and dataset.tokenizer is not None:  # travels with the parameters: resume, --restore_from
         dataset.tokenizer.save(os.path.join(context.workdir, TOKENIZER_FILE))
     if config.grad_accum_steps > 1 and config.batch_size % (context.num_shards * config.grad_accum_steps):
