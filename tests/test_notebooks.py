@@ -48,7 +48,8 @@ def test_gpt_notebook_executes(shakespeare_dir, tmp_path, monkeypatch):
 def install_cell():
     """The notebooks' first code cell, the same in each."""
     cells = {nbformat.read(ROOT / "colab" / name, as_version=4).cells[1].source
-             for name in ("quickstart.ipynb", "gpt.ipynb", "rl.ipynb", "sequences.ipynb", "deploy.ipynb")}
+             for name in ("quickstart.ipynb", "gpt.ipynb", "rl.ipynb", "sequences.ipynb", "deploy.ipynb",
+                          "generative.ipynb")}
     assert len(cells) == 1, "the notebooks install bmjax alike"
     return cells.pop()
 
@@ -182,3 +183,20 @@ def test_deploy_notebook_executes(tmp_path, monkeypatch):
         assert gap <= 1e-5
     assert "int8" in outputs and "sparsity reached 0.9" in outputs and "90% pruned" in outputs
     assert len(images) == 1
+
+
+def test_generative_notebook_executes(tmp_path, monkeypatch):
+    """A conditional DCGAN and the text-to-image model a few steps on the 8x8 digits: their samples, drawings, and
+    captions of one's own drawn (a held-out pair among them) or refused."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, as the notebook's runs use
+    monkeypatch.setenv("BMJAX_GENERATIVE_WORKDIR", str(tmp_path))
+    monkeypatch.setenv("BMJAX_GENERATIVE_DATASET", "digits")
+    monkeypatch.setenv("BMJAX_GENERATIVE_STEPS", "40")
+    outputs, images = execute("generative")
+    gan = json.loads((tmp_path / "dcgan" / "result.json").read_text())
+    assert f"{gan['test']['conditioned_accuracy']:.1%} of the test split's samples" in outputs
+    t2i = json.loads((tmp_path / "t2i" / "result.json").read_text())
+    assert f"{t2i['test']['pair_accuracy_held_out']:.1%} for pairs held out" in outputs and t2i["steps"] == 40
+    assert outputs.count("the classifier reads") == 1 + 4, "the GAN's report, then four captions drawn"
+    assert "error: unknown word 'above'; the captions use:" in outputs
+    assert len(images) == 2 + 1 + 4, "samples and interpolation, drawings, four captions"
