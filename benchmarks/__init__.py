@@ -1,6 +1,10 @@
 """Benchmarks: scripts that print side-by-side figures; see README.md."""
 
+import os
 import platform
+import statistics
+import subprocess
+import time
 
 
 def cpu_name() -> str:
@@ -10,3 +14,26 @@ def cpu_name() -> str:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.machine()
+
+
+def machine() -> str:
+    """lscpu's model name and the core count."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def time_steps(step, repeats: int, steps: int) -> float:
+    """Median milliseconds per step of `step()` (which blocks until its result is ready), after two warm-up steps."""
+    for _ in range(2):
+        step()
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        timings.append((time.perf_counter() - start) / steps * 1000)
+    return statistics.median(timings)

@@ -13,14 +13,13 @@ benchmarks/convnets_results.json.
 
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from absl import app, flags
+
+from benchmarks import machine, time_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"seed_cnn": (32, 28, 1, 10), "resnet20": (128, 32, 3, 10), "resnet50": (16, 224, 3, 1000)}
@@ -30,19 +29,6 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Steps per timing.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timings per model; the median is reported.")
 _OUT = flags.DEFINE_string("out", str(ROOT / "benchmarks" / "convnets_results.json"), "Where to write the figures.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: time one framework:model in this process.")
-
-
-def time_steps(step, repeats: int, steps: int) -> float:
-    """Median milliseconds per step of `step()` (which blocks until its result is ready)."""
-    for _ in range(2):
-        step()
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        timings.append((time.perf_counter() - start) / steps * 1000)
-    return statistics.median(timings)
 
 
 def bmjax_step(model_name: str, pooling: str = "bmjax"):
@@ -162,15 +148,6 @@ def worker(spec: str) -> dict:
     step = torch_step(model_name) if framework == "torch" else bmjax_step(
         model_name, "reduce_window" if framework == "bmjax_reduce_window" else "bmjax")
     return {"ms_per_step": time_steps(step, _REPEATS.value, _STEPS.value)}
-
-
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or "unknown CPU"
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def main(argv):
