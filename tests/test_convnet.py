@@ -1,5 +1,5 @@
 """The zoo's shared layers: the CPU pooling equals lax's in values and gradients, PyTorch's ceil mode and
-adaptive pooling, BatchNorm and convolutions with logical axis names."""
+adaptive pooling, BatchNorm and convolutions with logical axis names, the CPU's transposed convolution."""
 
 import flax.linen as nn
 import jax
@@ -47,3 +47,19 @@ def test_layers_name_their_logical_axes():
     assert conv.apply(conv_variables, x).shape == (2, 5, 5, 8)  # PyTorch's padding: (9 + 2 - 3) // 2 + 1
     norm_variables = norm.init(jax.random.key(0), x)
     assert nn.get_partition_spec(norm_variables)["params"]["scale"] == jax.sharding.PartitionSpec("conv_out")
+
+
+@pytest.mark.parametrize("on_cpu", [True, False])
+def test_up_conv_is_flax_s_transposed_convolution_in_values_and_gradients(on_cpu, monkeypatch):
+    """The four-phase form (CPU) and lax's (elsewhere) both give nn.ConvTranspose's numbers, with its parameters."""
+    monkeypatch.setattr(convnet, "_on_cpu", lambda: on_cpu)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 7, 3))
+    reference = nn.ConvTranspose(4, (4, 4), (2, 2), padding="SAME")
+    variables = reference.init(jax.random.key(1), x)
+    ours = convnet.UpConv(4)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
+    np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x), atol=1e-5)
+    assert ours.apply(variables, x).shape == (2, 10, 14, 4)
+    grad = lambda model: jax.grad(lambda v, x: jnp.sum(jnp.sin(model.apply(v, x))), argnums=(0, 1))(variables, x)
+    for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(reference))):
+        np.testing.assert_allclose(a, b, atol=1e-4)

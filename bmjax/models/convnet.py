@@ -149,6 +149,42 @@ def max_pool(x, window: int, strides: Optional[int] = None, padding: int = 0, ce
     return out
 
 
+# A 4x4 transposed convolution of stride 2 ("SAME") written per output phase: output row 2i + a reads input rows
+# i - 1 and i (a = 0, kernel rows 0 and 2) or i and i + 1 (a = 1, kernel rows 1 and 3); columns alike.
+UP_PHASES = {0: ((1, 0), (0, 2)), 1: ((0, 1), (1, 3))}  # phase -> (input padding, kernel taps)
+
+
+class UpConv(nn.Module):
+    """`nn.ConvTranspose(features, (4, 4), (2, 2), padding="SAME")`, which doubles the map's side: the same
+    parameters and numbers. On CPU it is computed as four 2x2 convolutions, one per output phase, interleaved: XLA:CPU
+    runs the backward pass of the dilated convolution several times slower (764 against 125 ms for a 7x7x128 map to
+    14x14x64, batch 128)."""
+
+    features: int
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features), self.param_dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        numbers = ("NHWC", "HWIO", "NHWC")
+        if _on_cpu():
+            phases = [[jax.lax.conv_general_dilated(x, kernel[np.array(rows)][:, np.array(cols)], (1, 1),
+                                                    (row_pad, col_pad), dimension_numbers=numbers)
+                       for col_pad, cols in UP_PHASES.values()] for row_pad, rows in UP_PHASES.values()]
+            y = jnp.stack([jnp.stack(row, 3) for row in phases], 2)  # [batch, H, row phase, W, column phase, C]
+            y = y.reshape(y.shape[0], 2 * y.shape[1], 2 * y.shape[3], self.features)
+        else:
+            y = jax.lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=numbers)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(y.dtype)
+        return y
+
+
 def avg_pool(x, window: int, strides: Optional[int] = None, padding: int = 0):
     """Average pooling (padding counted in the average, as PyTorch's default count_include_pad)."""
     strides = strides or window

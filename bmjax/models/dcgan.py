@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmjax.errors import UsageError
+from bmjax.models.convnet import UpConv
 
 NORMS = ("batch", "layer", "none")
 INIT = nn.initializers.normal(0.02)  # the paper's N(0, 0.02) weights
@@ -54,8 +55,8 @@ class Generator(nn.Module):
         x = norm(x.reshape(z.shape[0], height >> steps, width >> steps, first))
         for i in range(steps):
             last = i == steps - 1
-            x = nn.ConvTranspose(channels if last else first >> (i + 1), (4, 4), strides=(2, 2), padding="SAME",
-                                 use_bias=last, kernel_init=INIT, dtype=self.dtype)(x)
+            x = UpConv(channels if last else first >> (i + 1), use_bias=last, kernel_init=INIT, dtype=self.dtype,
+                       name=f"ConvTranspose_{i}")(x)
             x = jnp.tanh(x) if last else norm(x)
         return x.astype(jnp.float32)
 

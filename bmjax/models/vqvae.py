@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from bmjax.errors import UsageError
-from bmjax.models.convnet import CHANNEL_AXES, ConvFactory, as_images
+from bmjax.models.convnet import CHANNEL_AXES, CONV_AXES, ConvFactory, UpConv, as_images
 from bmjax.models.registry import register
 from bmjax.models.transformer import partitioned
 
@@ -117,10 +117,9 @@ class VQVAE(nn.Module):
         self.decoder_conv = conv(self.features, 3, use_bias=True)
         self.decoder_blocks = ResidualStack(self.features, self.residual_blocks, conv)
         outs = widths[::-1][1:] + [self.channels]
-        self.up = [nn.ConvTranspose(w, (4, 4), (2, 2), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype,
-                                    kernel_init=partitioned(nn.initializers.lecun_normal(),
-                                                            ("conv_height", "conv_width", "conv_in", "conv_out")),
-                                    bias_init=partitioned(nn.initializers.zeros, CHANNEL_AXES), name=f"up_{i}")
+        self.up = [UpConv(w, dtype=self.dtype, param_dtype=self.param_dtype,
+                          kernel_init=partitioned(nn.initializers.lecun_normal(), CONV_AXES),
+                          bias_init=partitioned(nn.initializers.zeros, CHANNEL_AXES), name=f"up_{i}")
                    for i, w in enumerate(outs)]
 
     def _continuous(self, images):
