@@ -1,10 +1,13 @@
 """Benchmarks: scripts that print side-by-side figures; see README.md."""
 
+import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -37,3 +40,13 @@ def time_steps(step, repeats: int, steps: int) -> float:
             step()
         timings.append((time.perf_counter() - start) / steps * 1000)
     return statistics.median(timings)
+
+
+def ms_per_step(module: str, worker: str, steps: int, repeats: int) -> float:
+    """`python -m MODULE --worker=WORKER`'s milliseconds per step, timed in a process of its own on the CPU."""
+    out = subprocess.run([sys.executable, "-m", module, f"--worker={worker}", f"--steps={steps}",
+                          f"--repeats={repeats}"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    if out.returncode:
+        raise RuntimeError(f"{worker} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["ms_per_step"]

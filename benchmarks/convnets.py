@@ -13,13 +13,11 @@ benchmarks/convnets_results.json.
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from absl import app, flags
 
-from benchmarks import machine, time_steps
+from benchmarks import machine, ms_per_step, time_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"seed_cnn": (32, 28, 1, 10), "resnet20": (128, 32, 3, 10), "resnet50": (16, 224, 3, 1000)}
@@ -162,12 +160,8 @@ def main(argv):
         frameworks = ["bmjax", "torch"] + (["bmjax_reduce_window"] if model_name == "seed_cnn" else [])
         figures = {}
         for framework in frameworks:
-            out = subprocess.run([sys.executable, "-m", "benchmarks.convnets", f"--worker={framework}:{model_name}",
-                                  f"--steps={_STEPS.value}", f"--repeats={_REPEATS.value}"], cwd=ROOT,
-                                 capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-            if out.returncode:
-                raise RuntimeError(f"{framework}:{model_name} failed:\n{out.stderr[-2000:]}")
-            figures[framework] = json.loads(out.stdout.strip().splitlines()[-1])["ms_per_step"]
+            figures[framework] = ms_per_step("benchmarks.convnets", f"{framework}:{model_name}", _STEPS.value,
+                                             _REPEATS.value)
         ratio = figures["torch"] / figures["bmjax"]
         line = f"{model_name:9s} bmjax {figures['bmjax']:8.1f}  PyTorch eager {figures['torch']:8.1f}  " \
                f"bmjax faster by {ratio:.2f}x"

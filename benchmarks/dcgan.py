@@ -13,13 +13,11 @@ is the same architecture with as many threads as JAX's CPU client uses. `cpu` is
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from absl import app, flags
 
-from benchmarks import machine, time_steps
+from benchmarks import machine, ms_per_step, time_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"cpu": (32, 64), "paper": (64, 128)}  # (filters, batch)
@@ -110,12 +108,8 @@ def main(argv):
             raise app.UsageError(f"unknown size {size}; choose from {', '.join(SIZES)}")
         figures = {}
         for framework in ("bmjax", "torch"):
-            out = subprocess.run([sys.executable, "-m", "benchmarks.dcgan", f"--worker={framework}:{size}",
-                                  f"--steps={_STEPS.value}", f"--repeats={_REPEATS.value}"], cwd=ROOT,
-                                 capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-            if out.returncode:
-                raise RuntimeError(f"{framework}:{size} failed:\n{out.stderr[-2000:]}")
-            figures[framework] = json.loads(out.stdout.strip().splitlines()[-1])["ms_per_step"]
+            figures[framework] = ms_per_step("benchmarks.dcgan", f"{framework}:{size}", _STEPS.value,
+                                             _REPEATS.value)
         ratio = figures["torch"] / figures["bmjax"]
         features, batch = SIZES[size]
         print(f"{size:6s} ({features} filters, batch {batch})  bmjax {figures['bmjax']:7.1f}  "
