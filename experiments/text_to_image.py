@@ -68,7 +68,7 @@ class TextToImageConfig(Config):
     checkpoint_every_steps: Optional[int] = 1000
     # Sharper drawing shows the named digits more often: after 3,000 steps of the cpu preset, 500 validation captions
     # drew right 71% of the time at top-k 3 and temperature 0.8, 54% at top-k 8 and 1.0, 49% from all codes.
-    top_k: Optional[int] = field(3, "Draw each image token from the k likeliest (unset: from all).", trains=False)
+    top_k: int = field(3, "Draw each image token from the k likeliest codes (0: from all of them).", trains=False)
     temperature: float = field(0.8, "Divide the logits by this before drawing.", trains=False)
     image_tokenizer: Optional[str] = field(None, "Workdir of the VQ-VAE run that tokenizes the images (default: "
                                                  "WORKDIR/image_tokenizer, trained first).")
@@ -90,8 +90,8 @@ class TextToImageConfig(Config):
                      "classifier_epochs", "num_samples", "temperature"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.top_k is not None and not 1 <= self.top_k <= self.num_codes:
-            raise UsageError(f"--top_k must lie in 1..{self.num_codes} (the image codes), got {self.top_k}")
+        if not 0 <= self.top_k <= self.num_codes:
+            raise UsageError(f"--top_k must lie in 0..{self.num_codes} (the image codes; 0: all), got {self.top_k}")
         if self.embed_dim % self.num_heads:
             raise UsageError(f"--embed_dim={self.embed_dim} must divide into --num_heads={self.num_heads} heads")
         if self.dataset not in canvases.BASES:
@@ -143,7 +143,8 @@ def sample(config: TextToImageConfig) -> str:
     captions = run_config.captions()
     ids = captions.encode(config.prompt)
     tokenizer = text_to_image.ImageTokenizer(run_config.image_tokenizer)
-    drawer = text_to_image.Drawer(run.model, tokenizer, captions, top_k=config.top_k, temperature=config.temperature)
+    drawer = text_to_image.Drawer(run.model, tokenizer, captions, top_k=config.top_k or None,
+                                  temperature=config.temperature)
     keys = text_to_image.row_keys(config.seed, config.num_samples)
     images = drawer.draw(run.params, np.repeat(ids[None], config.num_samples, 0), keys)
     out = config.out or os.path.join(config.workdir, "samples.png")

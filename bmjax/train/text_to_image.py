@@ -281,6 +281,6 @@ def build(config, context):
     plan = supervised.build(config, context, dataset=tokens)
     classifier = ClassifierFeatures(config.classifier, cell.x.shape[1:])
     drawer = Drawer(plan.program.model, tokenizer, canvases.captions_of(config.dataset, config.layout),
-                    top_k=config.top_k, temperature=config.temperature)
+                    top_k=config.top_k or None, temperature=config.temperature)
     program = TextToImage(plan.program, drawer, classifier, classifier.statistics(cell), axis_name=context.axis_name)
     return Plan(program, plan.dataset, plan.model_io)
