@@ -2,7 +2,7 @@
 round trip and the reconstruction task, sampling with a key per row and a token range (equal to recomputing the
 sequence at every step), the task that scores image tokens alone, and the experiment end to end on the digits:
 classifier, tokenizer and transformer trained in one call, evaluation by drawing, pictures, --mode=sample and its
-errors."""
+errors, and pmap and mesh training and drawing alike."""
 
 import jax
 import jax.numpy as jnp
@@ -182,23 +182,22 @@ def test_sample_mode_draws_the_prompt_and_refuses_words_it_does_not_know(t2i_run
         TextToImageConfig(workdir=str(tmp_path), top_k=65).validate()
 
 
-def test_single_pmap_and_mesh_train_and_draw_alike(t2i_run, tmp_path):
-    """The transformer's losses and what it draws on 8 devices, under pmap (sums reduced over the axis) and on a
-    mesh, are the single device's."""
+def test_pmap_and_mesh_train_and_draw_alike(t2i_run, tmp_path):
+    """The transformer's losses and what it draws on 8 devices under pmap (its sums reduced over the axis by the
+    program) equal those on a mesh (reduced by the compiler)."""
     workdir, _ = t2i_run
     results = {}
-    for parallel in ("single", "pmap", "mesh"):
+    for parallel in ("pmap", "mesh"):
         config = TextToImageConfig(workdir=str(tmp_path / parallel), train_steps=10, eval_every_steps=10,
                                    image_tokenizer=str(workdir / "image_tokenizer"),
                                    classifier=str(workdir / "classifier"), **{**TINY, "parallel": parallel})
         results[parallel] = main(config)
-    single = results["single"]
-    for parallel in ("pmap", "mesh"):
-        result = results[parallel]
-        assert result["devices"] == 8
-        np.testing.assert_allclose(read_metrics(tmp_path / parallel)[-1]["loss"],
-                                   read_metrics(tmp_path / "single")[-1]["loss"], rtol=1e-5)
-        np.testing.assert_allclose(result["test"]["loss"], single["test"]["loss"], rtol=1e-5)
-        for name in ("pair_accuracy", "pair_accuracy_held_out", "cell_accuracy", "cell_accuracy_reconstructed"):
-            # A token drawn at a tie of logits summed in another order may differ: a few cells at most.
-            assert result["test"][name] == pytest.approx(single["test"][name], abs=5e-3), (parallel, name)
+    pmap, mesh = results["pmap"], results["mesh"]
+    assert pmap["devices"] == mesh["devices"] == 8
+    np.testing.assert_allclose(read_metrics(tmp_path / "pmap")[-1]["loss"], read_metrics(tmp_path / "mesh")[-1]["loss"],
+                               rtol=1e-5)
+    np.testing.assert_allclose(pmap["test"]["loss"], mesh["test"]["loss"], rtol=1e-5)
+    for name in ("pair_accuracy", "pair_accuracy_held_out", "cell_accuracy", "cell_accuracy_reconstructed"):
+        # A token drawn at a tie of logits summed in another order may differ: a few cells at most.
+        assert pmap["test"][name] == pytest.approx(mesh["test"][name], abs=5e-3), name
+    assert pmap["test"]["cell_accuracy_reconstructed"] > 0.5
