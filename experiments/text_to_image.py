@@ -143,8 +143,7 @@ def sample(config: TextToImageConfig) -> str:
     captions = run_config.captions()
     ids = captions.encode(config.prompt)
     tokenizer = text_to_image.ImageTokenizer(run_config.image_tokenizer)
-    drawer = text_to_image.Drawer(run.model, tokenizer, captions, top_k=config.top_k or None,
-                                  temperature=config.temperature)
+    drawer = text_to_image.Drawer(run.model, tokenizer, captions, top_k=config.top_k, temperature=config.temperature)
     keys = text_to_image.row_keys(config.seed, config.num_samples)
     images = drawer.draw(run.params, np.repeat(ids[None], config.num_samples, 0), keys)
     out = config.out or os.path.join(config.workdir, "samples.png")

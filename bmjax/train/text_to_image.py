@@ -83,12 +83,12 @@ class ImageTokenizer:
 
 class Drawer:
     """Draws canvases for captions: the transformer samples their image tokens with a KV cache, drawing from the
-    image codes alone, and the tokenizer decodes them."""
+    image codes alone (the `top_k` likeliest; 0 or None: all of them), and the tokenizer decodes them."""
 
     def __init__(self, model: nn.Module, tokenizer: ImageTokenizer, captions: canvases.Captions, *,
                  top_k: Optional[int], temperature: float):
         self.model, self.tokenizer, self.captions = model, tokenizer, captions
-        self.top_k, self.temperature = top_k, temperature
+        self.top_k, self.temperature = top_k or None, temperature
         self.text_vocab = captions.tokenizer().vocab_size
         height, width = canvases.canvas_shape(tokenizer.image_shape, captions.layout)[:2]
         self.grid = (height // tokenizer.cell, width // tokenizer.cell)
@@ -281,6 +281,6 @@ def build(config, context):
     plan = supervised.build(config, context, dataset=tokens)
     classifier = ClassifierFeatures(config.classifier, cell.x.shape[1:])
     drawer = Drawer(plan.program.model, tokenizer, canvases.captions_of(config.dataset, config.layout),
-                    top_k=config.top_k or None, temperature=config.temperature)
+                    top_k=config.top_k, temperature=config.temperature)
     program = TextToImage(plan.program, drawer, classifier, classifier.statistics(cell), axis_name=context.axis_name)
     return Plan(program, plan.dataset, plan.model_io)
