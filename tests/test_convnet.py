@@ -50,16 +50,17 @@ def test_layers_name_their_logical_axes():
 
 
 @pytest.mark.parametrize("on_cpu", [True, False])
-def test_up_conv_is_flax_s_transposed_convolution_in_values_and_gradients(on_cpu, monkeypatch):
-    """The four-phase form (CPU) and lax's (elsewhere) both give nn.ConvTranspose's numbers, with its parameters."""
+@pytest.mark.parametrize("features", [3, 9])  # on CPU: a matrix product and shifted sums; four 2x2 convolutions
+def test_up_conv_is_flax_s_transposed_convolution_in_values_and_gradients(on_cpu, features, monkeypatch):
+    """The CPU forms and lax's (elsewhere) all give nn.ConvTranspose's numbers, with its parameters."""
     monkeypatch.setattr(convnet, "_on_cpu", lambda: on_cpu)
     x = jax.random.normal(jax.random.key(0), (2, 5, 7, 3))
-    reference = nn.ConvTranspose(4, (4, 4), (2, 2), padding="SAME")
+    reference = nn.ConvTranspose(features, (4, 4), (2, 2), padding="SAME")
     variables = reference.init(jax.random.key(1), x)
-    ours = convnet.UpConv(4)
+    ours = convnet.UpConv(features)
     assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
     np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x), atol=1e-5)
-    assert ours.apply(variables, x).shape == (2, 10, 14, 4)
+    assert ours.apply(variables, x).shape == (2, 10, 14, features)
     grad = lambda model: jax.grad(lambda v, x: jnp.sum(jnp.sin(model.apply(v, x))), argnums=(0, 1))(variables, x)
     for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(reference))):
         np.testing.assert_allclose(a, b, atol=1e-4)
