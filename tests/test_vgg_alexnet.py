@@ -175,6 +175,17 @@ def test_remat_keeps_parameters_and_outputs(model):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_small_alexnet_s_hidden_layers_keep_the_signal_s_scale():
+    """At initialisation the small AlexNet's 1024-wide hidden layers pass their inputs on at about their scale (at
+    torchvision's N(0, 0.01) each would shrink them threefold, and training sat at chance for 200 steps)."""
+    model = alexnet.AlexNet(10, small_images=True)
+    images = random_images((16, 28, 28, 1))
+    _, state = model.apply(initial_variables(model, images), images, capture_intermediates=True)
+    rms = lambda name: float(jnp.sqrt(jnp.mean(state["intermediates"][name]["__call__"][0] ** 2)))
+    features = state["intermediates"]["stage3"]["__call__"][0]
+    assert 0.3 < rms("fc2") / float(jnp.sqrt(jnp.mean(features ** 2))) < 3
+
+
 def test_builders_pick_the_variant_from_the_inputs():
     for name in ["alexnet", "vgg11_bn"]:
         assert build(name, make_config(), image_io((28, 28), 10)).small_images
