@@ -6,8 +6,11 @@
     trained = bmjax.restore("/tmp/run")      # config, model and parameters, for inference
 """
 
+from bmjax import xla_cpu
 from bmjax.config import Config
 from bmjax.errors import UsageError
+
+xla_cpu.prefer_eigen_convolutions()
 
 
 def run(config: Config, command: str = "bmjax") -> dict:

@@ -1,5 +1,9 @@
 """The zoo's shared layers: the CPU pooling equals lax's in values and gradients, PyTorch's ceil mode and
-adaptive pooling, BatchNorm and convolutions with logical axis names, the CPU's transposed convolution."""
+adaptive pooling, BatchNorm and convolutions with logical axis names, the CPU's transposed convolution, and the
+XLA:CPU flag that puts convolutions on Eigen."""
+
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -7,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bmjax import xla_cpu
 from bmjax.models import convnet
+from conftest import subprocess_env
 
 
 @pytest.mark.parametrize("window, strides, padding", [(2, 2, 0), (3, 2, 1), (3, 2, 0), (3, 1, 1), (3, 3, 0)])
@@ -64,3 +70,28 @@ def test_up_conv_is_flax_s_transposed_convolution_in_values_and_gradients(on_cpu
     grad = lambda model: jax.grad(lambda v, x: jnp.sum(jnp.sin(model.apply(v, x))), argnums=(0, 1))(variables, x)
     for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(reference))):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_eigen_convolutions_are_asked_for_unless_the_user_set_the_flag_or_jaxlib_is_unmeasured():
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert xla_cpu.prefer_eigen_convolutions(environ, (0, 10))
+    assert environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {xla_cpu.EIGEN_CONVOLUTIONS}"
+    assert not xla_cpu.prefer_eigen_convolutions(environ, (0, 10))  # once only
+    own = {"XLA_FLAGS": f"{xla_cpu.FLAG}=individual_dot,individual_convolution"}
+    assert not xla_cpu.prefer_eigen_convolutions(own, (0, 10)) and own["XLA_FLAGS"].endswith("convolution")
+    untouched = {}
+    assert not xla_cpu.prefer_eigen_convolutions(untouched, (0, 9)) and not untouched
+
+
+def test_importing_bmjax_puts_convolutions_on_eigen_and_keeps_dots_on_ynnpack():
+    program = ("import bmjax, jax, jax.numpy as jnp\n"
+               "conv = jax.jit(lambda x, w: jax.lax.conv(x, w, (2, 2), 'SAME'))\n"
+               "dot = jax.jit(jnp.matmul)\n"
+               "print('ynn' in conv.lower(jnp.ones((8, 4, 14, 14)), jnp.ones((16, 4, 4, 4))).compile().as_text(),\n"
+               "      'ynn' in dot.lower(jnp.ones((256, 256)), jnp.ones((256, 256))).compile().as_text())")
+    if xla_cpu._jaxlib_release() not in xla_cpu.MEASURED_JAXLIB:
+        pytest.skip("this jaxlib is not one the flag was measured on, so bmjax leaves XLA_FLAGS alone")
+    out = subprocess.run([sys.executable, "-c", program], env=subprocess_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]  # the convolution is XLA's own (Eigen), the dot YNNPACK's
