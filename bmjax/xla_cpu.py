@@ -3,8 +3,8 @@
 jaxlib 0.10's XLA:CPU hands convolutions to YNNPACK by default. Its Eigen convolutions run bmjax's convolutional
 networks' train steps 1.3-1.9x faster on CPU (ResNet-18 and -20, the seed CNN, AlexNet, DCGAN: benchmarks/README.md),
 so bmjax asks for those; dots stay on YNNPACK, which is the faster there. A user's own setting of the flag in
-XLA_FLAGS wins, and XLA_FLAGS is left alone on jaxlib versions this was not measured on (XLA aborts on a flag it
-does not know). GPUs and TPUs ignore the flag.
+XLA_FLAGS wins, and XLA_FLAGS is left alone on jaxlib releases not known to have the flag (XLA aborts on a flag it does
+not know). GPUs and TPUs ignore the flag.
 """
 
 import importlib.metadata
@@ -13,7 +13,7 @@ from typing import MutableMapping, Optional
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 EIGEN_CONVOLUTIONS = f"{FLAG}=-individual_convolution"
-MEASURED_JAXLIB = ((0, 10), (0, 11))  # (major, minor) of the jaxlib releases that know the flag
+KNOWN_JAXLIB = ((0, 10), (0, 11))  # (major, minor) of releases with the flag: 0.10 measured here, 0.11 has it too
 
 
 def _jaxlib_release() -> Optional[tuple[int, int]]:
@@ -27,9 +27,9 @@ def _jaxlib_release() -> Optional[tuple[int, int]]:
 def prefer_eigen_convolutions(environ: MutableMapping[str, str] = os.environ,
                               jaxlib_release: Optional[tuple[int, int]] = None) -> bool:
     """Adds EIGEN_CONVOLUTIONS to `environ`'s XLA_FLAGS unless the flag is there already or jaxlib is not one of
-    MEASURED_JAXLIB; True when it was added. It takes effect if no JAX backend has started yet."""
+    KNOWN_JAXLIB; True when it was added. It takes effect if no JAX backend has started yet."""
     flags = environ.get("XLA_FLAGS", "")
-    if FLAG in flags or (jaxlib_release or _jaxlib_release()) not in MEASURED_JAXLIB:
+    if FLAG in flags or (jaxlib_release or _jaxlib_release()) not in KNOWN_JAXLIB:
         return False
     environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONVOLUTIONS}".strip()
     return True

@@ -72,7 +72,7 @@ def test_up_conv_is_flax_s_transposed_convolution_in_values_and_gradients(on_cpu
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-def test_eigen_convolutions_are_asked_for_unless_the_user_set_the_flag_or_jaxlib_is_unmeasured():
+def test_eigen_convolutions_are_asked_for_unless_the_user_set_the_flag_or_jaxlib_lacks_it():
     environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     assert xla_cpu.prefer_eigen_convolutions(environ, (0, 10))
     assert environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {xla_cpu.EIGEN_CONVOLUTIONS}"
@@ -89,8 +89,8 @@ def test_importing_bmjax_puts_convolutions_on_eigen_and_keeps_dots_on_ynnpack():
                "dot = jax.jit(jnp.matmul)\n"
                "print('ynn' in conv.lower(jnp.ones((8, 4, 14, 14)), jnp.ones((16, 4, 4, 4))).compile().as_text(),\n"
                "      'ynn' in dot.lower(jnp.ones((256, 256)), jnp.ones((256, 256))).compile().as_text())")
-    if xla_cpu._jaxlib_release() not in xla_cpu.MEASURED_JAXLIB:
-        pytest.skip("this jaxlib is not one the flag was measured on, so bmjax leaves XLA_FLAGS alone")
+    if xla_cpu._jaxlib_release() not in xla_cpu.KNOWN_JAXLIB:
+        pytest.skip("this jaxlib is not one known to have the flag, so bmjax leaves XLA_FLAGS alone")
     out = subprocess.run([sys.executable, "-c", program], env=subprocess_env(), capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
