@@ -66,7 +66,8 @@ def generator_loss(kind: str, fake_logits):
 
 def _input_gradients(critic, x):
     """d critic(x)_i / d x_i per example, flattened: [B, features]. The critic must treat examples independently
-    (no BatchNorm), as the gradient penalties assume."""
+    (no BatchNorm), as the gradient penalties assume; a minibatch standard deviation's small cross terms are
+    kept, as StyleGAN keeps them."""
     return jax.grad(lambda x: jnp.sum(critic(x)))(x).reshape(x.shape[0], -1)
 
 

@@ -56,6 +56,8 @@ class Dcgan(Config):
     discriminator_features: int = field(64, "Filters of the discriminator's first map (doubling toward the logit).")
     discriminator_norm: str = field("batch", "Normalisation in the discriminator after its first convolution.",
                                     NORMS)
+    minibatch_std: int = field(0, "Group size of the discriminator's minibatch standard deviation, a feature "
+                                  "that shows it how alike each group's images are (0: none).")
     bn_momentum: float = field(0.9, "Momentum of BatchNorm's running averages.")
     loss: str = field("non_saturating", "Adversarial loss.", losses.ADVERSARIAL)
     gradient_penalty: float = field(0.0, "Weight of WGAN-GP's gradient penalty (0: none).")
@@ -82,6 +84,8 @@ class Dcgan(Config):
                      "generator_learning_rate", "discriminator_learning_rate", "num_samples", "classifier_epochs"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.minibatch_std < 0 or self.minibatch_std == 1:
+            raise UsageError(f"--minibatch_std is a group size of at least 2 (or 0 for none), got {self.minibatch_std}")
         if self.gradient_penalty < 0 or self.r1_gamma < 0:
             raise UsageError("--gradient_penalty and --r1_gamma must not be negative")
         if (self.gradient_penalty or self.r1_gamma) and self.discriminator_norm == "batch":
@@ -98,8 +102,8 @@ class Dcgan(Config):
                               num_classes=classes, bn_momentum=self.bn_momentum, axis_name=axis_name,
                               dtype=self.compute_dtype)
         discriminator = Discriminator(features=self.discriminator_features, num_classes=classes,
-                                      norm=self.discriminator_norm, bn_momentum=self.bn_momentum, axis_name=axis_name,
-                                      dtype=self.compute_dtype)
+                                      norm=self.discriminator_norm, minibatch_std=self.minibatch_std,
+                                      bn_momentum=self.bn_momentum, axis_name=axis_name, dtype=self.compute_dtype)
         return generator, discriminator
 
     def num_classes(self, info: DatasetInfo) -> int:

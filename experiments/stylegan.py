@@ -3,9 +3,12 @@
 The generator maps the latent through a 4-layer mapping network to a style vector, and builds the image from a
 learned constant with style-modulated, demodulated convolutions, per-pixel noise and RGB skip outputs; in
 training, 90% of the examples switch to a second latent's styles from a random layer on (style mixing). The
-discriminator has no normalisation and an R1 penalty on real images (`--r1_gamma`); an exponential moving
-average of the generator's weights (`--ema_decay`) is what evaluation and sampling use. Every flag of
-`experiments.dcgan` applies.
+discriminator has no normalisation, sees the spread of each group of 4 images (`--minibatch_std`, against mode
+collapse) and pays an R1 penalty on real images (`--r1_gamma`); an exponential moving average of the
+generator's weights (`--ema_decay`) is what evaluation and sampling use. Adam moves each weight by about its
+step size: at StyleGAN's 2e-3 the generator's equalised N(0, 1) weights would move by 0.2% of their scale a
+step, the discriminator's N(0, 0.02) weights move by 1% of theirs at 2e-4, and the discriminator won. The
+generator's 1e-2 keeps the two in step. Every flag of `experiments.dcgan` applies.
 
     python -m experiments.stylegan --workdir=runs/style --preset=cpu        # Fashion-MNIST, minutes on 2 cores
     python -m experiments.stylegan --workdir=runs/style --mode=sample
@@ -41,8 +44,9 @@ class StyleGan(Dcgan):
     style_mixing: float = field(0.9, "Share of training examples whose styles switch to a second latent's from a "
                                      "random layer on.")
     discriminator_norm: str = "none"
+    minibatch_std: int = 4
     r1_gamma: float = 0.1
-    generator_learning_rate: float = 2e-3
+    generator_learning_rate: float = 1e-2
     discriminator_learning_rate: float = 2e-4
     b1: float = 0.0
     b2: float = 0.99

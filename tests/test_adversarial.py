@@ -14,7 +14,7 @@ from PIL import Image
 
 from bmjax import losses, metrics
 from bmjax.errors import UsageError
-from bmjax.models.dcgan import Discriminator, Generator, upsamplings
+from bmjax.models.dcgan import Discriminator, Generator, minibatch_stddev, upsamplings
 from bmjax.models.stylegan import ModulatedConv, StyleGenerator
 from bmjax.train.checkpoint import read_saved
 from experiments.dcgan import Dcgan, main
@@ -91,6 +91,27 @@ def test_the_label_conditions_both_networks():
     assert logits[0] == relabelled[0] and logits[1] != relabelled[1]
 
 
+def test_minibatch_stddev_adds_each_group_s_spread_and_stays_within_a_device_s_share():
+    x = jnp.asarray(rng.normal(size=(8, 3, 3, 2)), jnp.float32)
+    out = minibatch_stddev(x, 4)
+    np.testing.assert_array_equal(out[..., :2], x)
+    for group in (slice(0, 4), slice(4, 8)):
+        spread = np.mean(np.sqrt(np.var(np.asarray(x[group]), axis=0) + 1e-8))
+        np.testing.assert_allclose(out[group, :, :, 2], spread, rtol=1e-5)
+    halves = jnp.concatenate([minibatch_stddev(x[:4], 4), minibatch_stddev(x[4:], 4)])
+    np.testing.assert_allclose(halves, out, rtol=1e-6)
+    assert minibatch_stddev(x[:6], 4).shape == (6, 3, 3, 3), "a batch of 6 falls back to groups of 2"
+    collapsed = jnp.broadcast_to(x[:1], x.shape)
+    assert float(minibatch_stddev(collapsed, 4)[..., 2].max()) < 1e-3, "identical images have no spread"
+    images = jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32)
+    changed = images.at[0].set(0.0)
+    for group_size, couples in ((4, True), (0, False)):  # example 0 moves example 1's logit only through the spread
+        discriminator = Discriminator(features=8, norm="none", minibatch_std=group_size)
+        variables = discriminator.init(jax.random.PRNGKey(0), images)
+        moved = discriminator.apply(variables, changed)[1] != discriminator.apply(variables, images)[1]
+        assert bool(moved) == couples
+
+
 @pytest.fixture(scope="module")
 def dcgan_run(tmp_path_factory):
     """A conditional DCGAN on the digits, its classifier trained first by the experiment itself."""
@@ -153,6 +174,8 @@ def test_bad_input_gets_one_line_errors(tmp_path):
     assert not_a_run.returncode == 2 and "holds no bmjax run" in not_a_run.stderr.strip().splitlines()[-1]
     with pytest.raises(UsageError, match="--discriminator_norm=layer"):
         Dcgan(workdir=str(tmp_path), gradient_penalty=10.0).validate()
+    with pytest.raises(UsageError, match="--minibatch_std is a group size of at least 2"):
+        Dcgan(workdir=str(tmp_path), minibatch_std=1).validate()
     with pytest.raises(UsageError, match="--critic_steps must be positive"):
         WganGp(workdir=str(tmp_path), critic_steps=0).validate()
     with pytest.raises(UsageError, match="not images; choose an image dataset"):

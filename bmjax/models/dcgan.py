@@ -6,9 +6,13 @@ halves it with 4x4 strided convolutions (LeakyReLU 0.2, a normalisation after ea
 logit. Class-conditional: the generator takes the label's one-hot vector beside the latent, the discriminator
 adds the projection of its features on a learned class embedding (Miyato & Koyama 2018). The WGAN-GP critic is
 the discriminator with `norm="layer"` or `"none"`, since its gradient penalty treats examples independently.
+The discriminator can also see each small group's spread (`minibatch_std`, Karras et al. 2018), which lets it
+tell a collapsed generator's near-identical samples from real ones.
 """
 
 from typing import Optional
+
+import math
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -61,10 +65,22 @@ class Generator(nn.Module):
         return x.astype(jnp.float32)
 
 
+def minibatch_stddev(x, group_size: int):
+    """x [B, H, W, C] with one more channel: the standard deviation over each group of consecutive examples,
+    averaged over features and pixels (ProGAN's layer). Groups of consecutive examples stay within a device's
+    share of the batch, so the same batch gives the same numbers on one device or many."""
+    size = math.gcd(group_size, x.shape[0])
+    groups = x.reshape((x.shape[0] // size, size) + x.shape[1:])
+    spread = jnp.mean(jnp.sqrt(jnp.var(groups, axis=1) + 1e-8), axis=(1, 2, 3))  # [B / size]
+    return jnp.concatenate([x, jnp.broadcast_to(jnp.repeat(spread, size)[:, None, None, None],
+                                                x.shape[:3] + (1,)).astype(x.dtype)], axis=-1)
+
+
 class Discriminator(nn.Module):
     features: int = 64  # of the first map; each later one has twice as many
     num_classes: int = 0  # > 0: the projection discriminator
     norm: str = "batch"  # after every convolution but the first: one of NORMS
+    minibatch_std: int = 0  # > 1: the last map gains the spread of each group of this many examples
     bn_momentum: float = 0.9
     axis_name: Optional[str] = None
     dtype: jnp.dtype = jnp.float32
@@ -79,6 +95,8 @@ class Discriminator(nn.Module):
             elif i and self.norm == "layer":
                 x = nn.LayerNorm(dtype=self.dtype)(x)
             x = nn.leaky_relu(x, 0.2)
+        if self.minibatch_std > 1:
+            x = minibatch_stddev(x, self.minibatch_std)
         h = x.reshape(x.shape[0], -1)
         logits = nn.Dense(1, kernel_init=INIT, dtype=self.dtype)(h)[:, 0]
         if self.num_classes:
