@@ -10,9 +10,8 @@ The discriminator can also see each small group's spread (`minibatch_std`, Karra
 tell a collapsed generator's near-identical samples from real ones.
 """
 
-from typing import Optional
-
 import math
+from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
